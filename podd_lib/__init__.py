@@ -1,0 +1,16 @@
+"""podd_lib: Poster Dataset Distillation (PoDD), "Distilling Datasets Into Less Than One Image".
+
+One module per concept of the paper:
+  poster    -- section 4.1: poster geometry, initialisation, differentiable patch extraction
+  poddl     -- section 4.3: PoDDL fixed and learned labels
+  poco      -- section 4.2: PoCO class ordering with CLIP text embeddings
+  ratbptt   -- section 3: RaT-BPTT, the distillation algorithm under the poster
+  models    -- the ConvNet family (and ResNet-18 / VGG-11 / AlexNet for cross-architecture tests)
+  augment   -- differentiable augmentation (flip_rotate and the DSA operations)
+  data      -- CIFAR-10/100, CUB-200, Tiny-ImageNet, any ImageFolder; ZCA whitening
+  evaluate  -- the evaluation protocol (K fresh networks trained on the distilled set)
+  config    -- paper configs and profiles (smoke / quick / paper)
+  cli       -- the `podd` command
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,226 @@
+"""The `podd` command: info, distill, evaluate, export.
+
+    podd info --dataset cifar10 --ipc 0.9
+    podd distill --dataset cifar10 --ipc 1 --profile quick --out runs/c10
+    podd evaluate runs/c10
+    podd evaluate --baseline random --dataset cifar10 --ipc 1 --set width=32 --models 3 --eval-steps 300
+    podd export runs/c10 --format imagefolder
+
+Bad input stops before any compute with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import PoddError
+
+
+def _device(name: str) -> str:
+    """'auto' -> cuda when available, else cpu."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PoddError("--device cuda asked for, but no CUDA device is available")
+    return name
+
+
+def _progress() -> bool:
+    """Progress bars unless running in CI."""
+    return not os.environ.get("CI")
+
+
+def _config(args: argparse.Namespace) -> dict:
+    """Resolve dataset config + profile + --set / flag overrides."""
+    from .config import parse_sets, resolve_config
+
+    over = parse_sets(getattr(args, "set", None))
+    for flag, key in (("labels", "labels"), ("order", "order"), ("patches", "patches"), ("steps", "steps"),
+                      ("seed", "seed"), ("models", "eval_models")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            over[key] = v
+    if getattr(args, "eval_steps", None):
+        over["eval_steps"] = [int(s) for s in str(args.eval_steps).split(",")]
+    if getattr(args, "no_zca", False):
+        over["zca"] = False
+    return resolve_config(args.dataset, getattr(args, "ipc", None), args.profile, over)
+
+
+def _load_real(cfg: dict, args: argparse.Namespace):
+    """The real data of a config (training slice and test set)."""
+    from .data import load_dataset
+
+    return load_dataset(
+        cfg["dataset"],
+        data_root=args.data_root,
+        zca=cfg["zca"],
+        download=not getattr(args, "no_download", False),
+        train_per_class=cfg["train_per_class"] or None,
+        test_per_class=cfg["test_per_class"] or None,
+    )
+
+
+def cmd_info(args: argparse.Namespace) -> dict:
+    """Geometry and label parameters as JSON, without touching data."""
+    from .distill import geometry_from_config
+    from .poddl import PosterLabels
+
+    cfg = _config(args)
+    geom = geometry_from_config(cfg)
+    identity = [[r * geom.o_x + c for c in range(geom.o_x)] for r in range(geom.o_y)]
+    labels = PosterLabels(identity, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"])
+    info = {"dataset": cfg["dataset"], "ipc_requested": cfg["ipc"], "profile": cfg["profile"],
+            "poster_height": geom.d_h, "poster_width": geom.d_w, "patch_grid": [geom.p_x, geom.p_y],
+            "geometry": geom.to_dict(), "labels": labels.describe()}
+    print(json.dumps(info, indent=2))
+    return info
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    """Distill a poster into --out (resumable)."""
+    from .distill import adapt_config_to_data, distill, geometry_from_config
+    from .poco import resolve_order
+
+    cfg = _config(args)
+    device = _device(args.device)
+    if cfg["n_classes"]:
+        geometry_from_config(cfg)  # bad geometry fails here, before any data is read
+    real = _load_real(cfg, args)
+    cfg = adapt_config_to_data(cfg, real)
+    geom = geometry_from_config(cfg)
+    order = resolve_order(cfg["order"], list(real.classes), geom.o_y, geom.o_x, dataset=cfg["dataset"])
+    st = distill(cfg, real, order, args.out, resume=args.resume, device=device, progress=_progress())
+    last = st.history[-1] if st.history else {}
+    print(json.dumps({"out": str(args.out), "steps": st.step, "loss": last.get("loss")}))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Evaluate a run, or a baseline, under the paper's protocol; write JSON."""
+    from . import evaluate as ev
+    from .distill import load_run
+
+    device = _device(args.device)
+    if args.run:
+        run = load_run(args.run)
+        cfg = dict(run["config"])
+        if args.models:
+            cfg["eval_models"] = args.models
+        if args.eval_steps:
+            cfg["eval_steps"] = [int(s) for s in args.eval_steps.split(",")]
+        for k, v in __import__("podd_lib.config", fromlist=["parse_sets"]).parse_sets(args.set).items():
+            cfg[k] = v
+        real = _load_real(cfg, args)
+        x, y, what = run["x"], run["y"], f"poster {args.run}"
+        out = Path(args.out) if args.out else Path(args.run) / "eval.json"
+    else:
+        if not args.dataset:
+            raise PoddError("podd evaluate needs a RUN folder or --baseline with --dataset")
+        cfg = _config(args)
+        real = _load_real(cfg, args)
+        cfg["n_classes"] = len(real.classes)
+        if args.baseline == "random":
+            x, y = ev.random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=cfg["ipc"], seed=cfg["seed"])
+            what = f"random real images at {cfg['ipc']} IPC"
+        else:
+            x, y, what = None, None, "full training set"
+        out = Path(args.out) if args.out else Path("outputs/results") / f"baseline_{args.baseline}_{cfg['dataset']}.json"
+    arch_kwargs = {"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]}
+    if x is None:
+        result = ev.full_dataset_baseline(real, arch=args.arch or cfg["arch"], arch_kwargs=arch_kwargs,
+                                          steps=max(cfg["eval_steps"]), seed=cfg["seed"], device=device,
+                                          progress=_progress())
+    else:
+        result = ev.evaluate_distilled(
+            x, y, real, arch=args.arch or cfg["arch"], num_models=cfg["eval_models"], steps=tuple(cfg["eval_steps"]),
+            bs_d=cfg["bs_d"], augmentation=cfg["syn_aug"], seed=cfg["seed"], arch_kwargs=arch_kwargs,
+            device=device, progress=_progress(),
+        )
+    result["what"] = what
+    result["config"] = {k: cfg.get(k) for k in ("dataset", "ipc", "profile", "zca", "width", "arch")}
+    ev.save_eval(result, out)
+    print(ev.summary_line(result) if hasattr(ev, "summary_line") else json.dumps(result)[:2000])
+    print(f"wrote {out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write a run's distilled set as one .pt file or as an ImageFolder tree of PNGs."""
+    from .distill import load_run
+    from .export import export_run
+
+    path = export_run(load_run(args.run), args.format, Path(args.dest) if args.dest else Path(args.run) / "export")
+    print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of `podd`."""
+    p = argparse.ArgumentParser(prog="podd", description="PoDD: distill a dataset into one poster.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser, need_dataset: bool = True) -> None:
+        sp.add_argument("--dataset", required=need_dataset, help="cifar10, cifar100, cub200, tinyimagenet or imagefolder:PATH")
+        sp.add_argument("--ipc", type=float, default=None, help="images per class budget (default: the config's)")
+        sp.add_argument("--profile", default="paper", choices=("smoke", "quick", "paper"))
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
+        sp.add_argument("--labels", choices=("fixed", "learned", "auto"))
+        sp.add_argument("--patches", metavar="PXxPY", help="patch grid, e.g. 16x6")
+
+    sp = sub.add_parser("info", help="print the poster geometry as JSON (no data needed)")
+    common(sp)
+    sp.set_defaults(fn=cmd_info)
+
+    def data(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data-root", default=None, help="data folder (default $PODD_DATA_ROOT, else ./data)")
+        sp.add_argument("--no-download", action="store_true", help="never download datasets")
+        sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        sp.add_argument("--no-zca", action="store_true", help="mean/std normalisation instead of ZCA")
+
+    sp = sub.add_parser("distill", help="distill a poster")
+    common(sp)
+    data(sp)
+    sp.add_argument("--order", help="poco | poco-zigzag | paper | identity | random:SEED | file:PATH")
+    sp.add_argument("--steps", type=int, help="outer steps (default: the config's)")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--out", required=True, help="run folder")
+    sp.add_argument("--resume", action="store_true", help="continue the run in --out")
+    sp.set_defaults(fn=cmd_distill)
+
+    sp = sub.add_parser("evaluate", help="evaluate a run or a baseline")
+    sp.add_argument("run", nargs="?", help="run folder written by podd distill")
+    common(sp, need_dataset=False)
+    data(sp)
+    sp.add_argument("--baseline", choices=("random", "full"), default="random")
+    sp.add_argument("--models", type=int, help="number of networks (default 8)")
+    sp.add_argument("--eval-steps", help="comma-separated training steps to measure at, e.g. 300,600")
+    sp.add_argument("--arch", help="convnet, resnet18, vgg11, alexnet")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--out", help="result JSON (default RUN/eval.json)")
+    sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("export", help="export a run's patches and labels")
+    sp.add_argument("run")
+    sp.add_argument("--format", choices=("pt", "imagefolder"), default="pt")
+    sp.add_argument("--dest", help="destination (default RUN/export)")
+    sp.set_defaults(fn=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `podd` and `python -m podd_lib`."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except PoddError as e:
+        print(f"podd: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

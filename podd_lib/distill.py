@@ -1,0 +1,240 @@
+"""Algorithm 1 of the paper: PoDD, the outer loop around RaT-BPTT, with checkpoints and resume.
+
+    P ~ N(0, 1); O <- PoCO(C); Y <- PoDDL(O, p)
+    for each distillation step: P, Y <- RaT-BPTT(D, patches and labels of (P, Y))
+
+A run folder holds config.json (fully resolved), checkpoint.pt (poster, Y, both optimiser
+states, EMA, RNG state, step, metrics), and at the end poster.pt, labels.pt, poster.png and
+metrics.csv. Every file is written atomically; `resume=True` continues from checkpoint.pt and
+gives the same poster as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import derive
+from .errors import PoddError
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text
+from .models import make_model
+from .poddl import PosterLabels
+from .poster import PosterGeometry, init_poster, make_geometry
+from .ratbptt import OuterState, RatBpttSettings, make_outer_state, outer_step
+
+METRIC_FIELDS = ("step", "loss", "grad_norm", "curriculum", "seconds")
+
+
+def geometry_from_config(cfg: dict) -> PosterGeometry:
+    """The poster geometry a config asks for (validated; no data needed)."""
+    if not cfg.get("n_classes"):
+        raise PoddError(f"the class count of {cfg['dataset']} is only known from its data")
+    size = tuple(cfg["poster_size"]) if cfg.get("poster_size") else None
+    return make_geometry(
+        cfg["ipc"], cfg["n_classes"], tuple(cfg["image_size"]), tuple(cfg["class_grid"]), tuple(cfg["patch_grid"]), size
+    )
+
+
+def settings_from_config(cfg: dict) -> RatBpttSettings:
+    """The RaT-BPTT settings of a config."""
+    keys = ("window", "totwindow", "minwindow", "inner_lr", "lr", "bs_d", "bs", "syn_aug", "real_aug")
+    return RatBpttSettings(**{k: cfg[k] for k in keys}, fixed_curriculum=cfg.get("fixed_curriculum"))
+
+
+def adapt_config_to_data(cfg: dict, real) -> dict:
+    """Take class count and image size from the data (ImageFolder) and check they agree."""
+    n = len(real.classes)
+    if cfg["dataset"] in ("cifar10", "cifar100", "cub200", "tinyimagenet") and cfg["n_classes"] != n:
+        raise PoddError(f"{cfg['dataset']} config expects {cfg['n_classes']} classes but the data has {n}")
+    if not cfg["n_classes"]:
+        cfg["n_classes"] = n
+        cfg["image_size"] = list(real.image_size)
+        if cfg["class_grid"] == "auto" or cfg["patch_grid"] == "auto":
+            cfg = derive(cfg)
+    return cfg
+
+
+def model_for(cfg: dict, channels: int, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The network of a config, on device."""
+    return make_model(
+        cfg["arch"],
+        channels=channels,
+        num_classes=cfg["n_classes"],
+        im_size=tuple(cfg["image_size"]),
+        width=cfg["width"],
+        depth=cfg["depth"],
+        norm=cfg["norm"],
+        pool=cfg["pool"],
+    ).to(device)
+
+
+@dataclass
+class Problem:
+    """Everything fixed for the whole distillation: geometry, order, labels, network, settings."""
+
+    geom: PosterGeometry
+    order: list[list[int]]
+    labels: PosterLabels
+    model: torch.nn.Module
+    settings: RatBpttSettings
+
+
+def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str = "cpu") -> Problem:
+    """Assemble the fixed parts of a distillation."""
+    geom = geometry_from_config(cfg)
+    labels = PosterLabels(order, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"])
+    if labels.table is not None:
+        labels.table = labels.table.to(device)
+    return Problem(geom, order, labels, model_for(cfg, channels, device), settings_from_config(cfg))
+
+
+def initial_state(cfg: dict, pb: Problem, channels: int, device: str = "cpu") -> OuterState:
+    """A fresh poster, Y and outer optimiser, all seeded by cfg['seed']."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(cfg["seed"]))
+    poster = init_poster(pb.geom, channels, cfg["init"], pb.order, generator=torch.Generator().manual_seed(int(cfg["seed"])))
+    Y = pb.labels.Y.clone() if pb.labels.learned else None
+    return make_outer_state(poster.to(device), None if Y is None else Y.to(device), pb.settings, gen)
+
+
+def checkpoint_dict(st: OuterState) -> dict:
+    """Everything needed to resume exactly."""
+    return {
+        "step": st.step,
+        "poster": st.poster.detach().cpu(),
+        "Y": None if st.Y is None else st.Y.detach().cpu(),
+        "opt": st.opt.state_dict(),
+        "ema": st.ema,
+        "gen_state": st.gen.get_state(),
+        "gen_device": str(st.gen.device),
+        "history": list(st.history),
+    }
+
+
+def restore_state(st: OuterState, ck: dict) -> OuterState:
+    """Load a checkpoint into a freshly built state (same config)."""
+    with torch.no_grad():
+        st.poster.copy_(ck["poster"].to(st.poster.device))
+        if st.Y is not None:
+            st.Y.copy_(ck["Y"].to(st.Y.device))
+    st.opt.load_state_dict(ck["opt"])
+    st.ema, st.step, st.history = ck["ema"], ck["step"], list(ck["history"])
+    st.gen.set_state(ck["gen_state"])
+    return st
+
+
+def metrics_csv(history: list[dict]) -> str:
+    """The per-step metrics as CSV text."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue()
+
+
+COMPARED_KEYS = ("dataset", "ipc", "class_grid", "patch_grid", "poster_size", "label_kind", "init", "seed", "arch",
+                 "width", "depth", "window", "totwindow", "bs_d", "bs", "order")
+
+
+def _check_resumable(cfg: dict, old: dict) -> None:
+    """Refuse to resume a run made with different settings (the step count may grow)."""
+    diff = [k for k in COMPARED_KEYS if old.get(k) != cfg.get(k)]
+    if diff:
+        raise PoddError(f"cannot resume: the run was made with different {', '.join(diff)}; use a new --out")
+
+
+def distill(
+    cfg: dict,
+    real,
+    order: list[list[int]],
+    out: str | os.PathLike,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> OuterState:
+    """Run (or resume) PoDD for cfg['steps'] outer steps; stop_after simulates an interruption."""
+    out = Path(out)
+    ck_path = out / "checkpoint.pt"
+    if ck_path.exists() and not resume:
+        raise PoddError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+    if resume and (out / "config.json").exists():
+        import json
+
+        _check_resumable(cfg, json.loads((out / "config.json").read_text()))
+    channels = real.x_train.shape[1]
+    pb = build_problem(cfg, order, channels, device)
+    st = initial_state(cfg, pb, channels, device)
+    if resume and ck_path.exists():
+        st = restore_state(st, torch.load(ck_path, map_location="cpu", weights_only=False))
+    atomic_write_json(out / "config.json", {**cfg, "order_grid": order, "geometry": pb.geom.to_dict()})
+    x_train, y_train = real.x_train.to(device), real.y_train.to(device)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg["steps"], initial=st.step, desc="distill", disable=not progress or bool(os.environ.get("CI")))
+    last_good = st.step if ck_path.exists() else None
+    while st.step < cfg["steps"]:
+        t0 = time.perf_counter()
+        try:
+            row = outer_step(st, pb.model, pb.labels, pb.geom, x_train, y_train, pb.settings)
+        except FloatingPointError as e:
+            where = f"{ck_path} (step {last_good})" if last_good is not None else "none was written yet"
+            raise PoddError(f"{e}; stopped; last good checkpoint: {where}") from None
+        row["seconds"] = time.perf_counter() - t0
+        st.history.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
+        if st.step % cfg["checkpoint_every"] == 0 or st.step == cfg["steps"]:
+            atomic_torch_save(checkpoint_dict(st), ck_path)
+            atomic_write_text(out / "metrics.csv", metrics_csv(st.history))
+            last_good = st.step
+        if stop_after is not None and st.step >= stop_after:
+            break
+    bar.close()
+    if st.step >= cfg["steps"]:
+        write_results(out, cfg, pb, st, real)
+    return st
+
+
+def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> None:
+    """poster.pt, labels.pt, metrics.csv and poster.png of a finished run."""
+    poster = st.poster.detach().cpu()
+    Y = None if st.Y is None else st.Y.detach().cpu()
+    with torch.no_grad():
+        patch_labels = pb.labels(Y).cpu() if pb.labels.learned else pb.labels.table.cpu()
+    prep = real.preprocess.state_dict() if hasattr(real, "preprocess") else None
+    atomic_torch_save(
+        {"poster": poster, "geometry": pb.geom.to_dict(), "order": pb.order, "classes": list(real.classes),
+         "preprocess": prep, "dataset": cfg["dataset"]},
+        out / "poster.pt",
+    )
+    atomic_torch_save({"patch_labels": patch_labels, "Y": Y, "label_kind": cfg["label_kind"]}, out / "labels.pt")
+    atomic_write_text(out / "metrics.csv", metrics_csv(st.history))
+    from .viz import save_poster_png
+
+    save_poster_png(out / "poster.png", poster, pb.geom, pb.order, list(real.classes), getattr(real, "preprocess", None))
+
+
+def load_run(run: str | os.PathLike) -> dict:
+    """A finished run's poster, patches and labels: {'x', 'y', 'poster', 'config', ...}."""
+    import json
+
+    run = Path(run)
+    for name in ("config.json", "poster.pt", "labels.pt"):
+        if not (run / name).exists():
+            raise PoddError(f"{run} is not a finished run: {name} is missing")
+    cfg = json.loads((run / "config.json").read_text())
+    P = torch.load(run / "poster.pt", map_location="cpu", weights_only=False)
+    L = torch.load(run / "labels.pt", map_location="cpu", weights_only=False)
+    geom = PosterGeometry(**{k: P["geometry"][k] for k in PosterGeometry.__dataclass_fields__})
+    from .poster import extract_patches
+
+    x = extract_patches(P["poster"], geom)
+    return {"x": x, "y": L["patch_labels"], "poster": P["poster"], "geometry": geom, "config": cfg,
+            "order": P["order"], "classes": P["classes"], "preprocess": P["preprocess"], "Y": L["Y"]}

@@ -1,0 +1,195 @@
+"""Section 3 of the paper: RaT-BPTT, the distillation algorithm under the poster.
+
+One outer step (method notes, section 4):
+  1. a fresh, randomly initialised network theta_0 and an inner Adam(inner_lr);
+  2. curriculum: draw c ~ U[minwindow, totwindow - window]; train c plain steps (no graph) on
+     random batches of bs_d patches;
+  3. unroll `window` more steps differentiably, Adam's update included (its moments and bias
+     correction carry the graph), each on a fresh batch of bs_d patches;
+  4. loss of the unrolled network on a real batch of bs images; backpropagate to the poster
+     (and to the label tensor Y when labels are learned);
+  5. outer Adam on poster and Y. The poster gradient is clipped to 2 x an EMA (0.9) of its norm,
+     and Y is clipped at 0 after the step.
+
+The inner loop is `torch.func.functional_call` over a dict of parameters updated by the
+functional Adam of `podd_lib.optim`, so no module is rebuilt and no `higher` is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .augment import augment
+from .errors import PoddError
+from .optim import AdamState, Params, adam_init, adam_step, detach_state
+from .models import seed_from
+from .poddl import PosterLabels, clip_labels_
+from .poster import PosterGeometry, extract_patches
+
+
+@dataclass(frozen=True)
+class RatBpttSettings:
+    """The hyperparameters of one outer step, named as in the paper and the release."""
+
+    window: int  # unrolled, differentiable inner steps (Delta T)
+    totwindow: int  # maximal inner steps T
+    minwindow: int = 0
+    inner_lr: float = 1e-3
+    lr: float = 1e-3  # outer Adam, on poster and labels
+    bs_d: int = 96  # synthetic (patch) batch size
+    bs: int = 5000  # real batch size
+    syn_aug: str = "flip_rotate"
+    real_aug: str = "flip_rotate"
+    clip_ema: float = 0.9  # EMA coefficient of the poster gradient norm
+    clip_factor: float = 2.0  # clip the poster gradient to clip_factor x EMA
+    fixed_curriculum: int | None = None  # benchmarks only: always c plain steps
+
+    def __post_init__(self) -> None:
+        """Reject settings that make no curriculum."""
+        if self.window < 1 or self.totwindow < self.window or self.minwindow > self.totwindow - self.window:
+            raise PoddError(
+                f"need 1 <= window <= totwindow and minwindow <= totwindow - window, got "
+                f"window={self.window} totwindow={self.totwindow} minwindow={self.minwindow}"
+            )
+        if self.bs_d < 1 or self.bs < 1:
+            raise PoddError(f"batch sizes must be positive, got bs_d={self.bs_d} bs={self.bs}")
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy against probability-vector targets, averaged over the batch."""
+    return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def sample_curriculum(s: RatBpttSettings, gen: torch.Generator) -> int:
+    """c ~ U[minwindow, totwindow - window]: the plain steps before the unrolled window."""
+    if s.fixed_curriculum is not None:
+        return s.fixed_curriculum
+    hi = s.totwindow - s.window
+    return int(torch.randint(s.minwindow, hi + 1, (1,), generator=gen, device=gen.device).item())
+
+
+def fresh_params(model: nn.Module, gen: torch.Generator) -> Params:
+    """A fresh random initialisation of `model`'s parameters, drawn reproducibly from gen."""
+    seed = seed_from(gen)
+    devices = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for m in model.modules():
+            if m is not model and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}
+
+
+def patch_batch(
+    poster: Tensor, Y: Tensor | None, labels: PosterLabels, geom: PosterGeometry, bs_d: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """A random batch of bs_d distinct patches (all of them when bs_d >= p) and their labels."""
+    idx = torch.randperm(geom.n_patches, generator=gen, device=gen.device)[:bs_d].to(poster.device)
+    return extract_patches(poster, geom, idx), labels(Y, idx)
+
+
+def inner_steps(
+    model: nn.Module,
+    params: Params,
+    state: AdamState,
+    poster: Tensor,
+    Y: Tensor | None,
+    labels: PosterLabels,
+    geom: PosterGeometry,
+    s: RatBpttSettings,
+    n_steps: int,
+    gen: torch.Generator,
+    differentiable: bool,
+) -> tuple[Params, AdamState]:
+    """n_steps of inner Adam on patch batches; with a graph back to poster and Y if differentiable."""
+    for _ in range(n_steps):
+        x, y = patch_batch(poster, Y, labels, geom, s.bs_d, gen)
+        if not differentiable:
+            x, y = x.detach(), y.detach()
+        x = augment(x, s.syn_aug, gen)
+        loss = soft_cross_entropy(functional_call(model, params, (x,)), y)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable)
+        params, state = adam_step(params, dict(zip(params, grads)), state, s.inner_lr)
+        if not differentiable:
+            params = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+            state = detach_state(state)
+    return params, state
+
+
+def real_batch(x_train: Tensor, y_train: Tensor, bs: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A random batch of bs distinct real images and labels (all of them when bs >= N)."""
+    idx = torch.randperm(x_train.shape[0], generator=gen, device=gen.device)[:bs].to(x_train.device)
+    return x_train[idx], y_train[idx]
+
+
+@dataclass
+class OuterState:
+    """What the outer loop carries between steps (and what a checkpoint saves)."""
+
+    poster: Tensor
+    Y: Tensor | None
+    opt: torch.optim.Adam
+    gen: torch.Generator
+    ema: float | None = None
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def make_outer_state(poster: Tensor, Y: Tensor | None, s: RatBpttSettings, gen: torch.Generator) -> OuterState:
+    """Wrap poster and Y as leaves and build the outer Adam (betas 0.9/0.999, eps 1e-8, no decay)."""
+    poster = poster.detach().clone().requires_grad_(True)
+    leaves = [poster]
+    if Y is not None:
+        Y = Y.detach().clone().requires_grad_(True)
+        leaves.append(Y)
+    opt = torch.optim.Adam(leaves, lr=s.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    return OuterState(poster, Y, opt, gen)
+
+
+def clip_by_ema(grad: Tensor, ema: float | None, s: RatBpttSettings) -> tuple[float, float]:
+    """Clip grad in place to clip_factor x EMA of past norms; return (norm before clipping, new EMA)."""
+    norm = float(grad.norm())
+    if ema is None:
+        ema = norm
+    limit = s.clip_factor * ema
+    if norm > limit > 0:
+        grad.mul_(limit / norm)
+    return norm, s.clip_ema * ema + (1 - s.clip_ema) * norm
+
+
+def outer_step(
+    st: OuterState,
+    model: nn.Module,
+    labels: PosterLabels,
+    geom: PosterGeometry,
+    x_train: Tensor,
+    y_train: Tensor,
+    s: RatBpttSettings,
+) -> dict:
+    """One RaT-BPTT outer step on the poster (and Y); returns loss, grad norm and curriculum c."""
+    params = fresh_params(model, st.gen)
+    state = adam_init({k: p.detach() for k, p in params.items()})
+    c = sample_curriculum(s, st.gen)
+    params, state = inner_steps(model, params, state, st.poster, st.Y, labels, geom, s, c, st.gen, False)
+    params, state = inner_steps(model, params, state, st.poster, st.Y, labels, geom, s, s.window, st.gen, True)
+    xr, yr = real_batch(x_train, y_train, s.bs, st.gen)
+    xr = augment(xr, s.real_aug, st.gen)
+    loss = F.cross_entropy(functional_call(model, params, (xr,)), yr)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {float(loss.detach())} at outer step {st.step + 1}")
+    st.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm, st.ema = clip_by_ema(st.poster.grad, st.ema, s)
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"non-finite poster gradient at outer step {st.step + 1}")
+    st.opt.step()
+    if st.Y is not None:
+        clip_labels_(st.Y)
+    st.step += 1
+    return {"step": st.step, "loss": float(loss.detach()), "grad_norm": norm, "curriculum": c}

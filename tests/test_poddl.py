@@ -1,0 +1,83 @@
+"""PoDDL: fixed labels (majority, ties shared) and learned labels (window pooling, L1, clipping)."""
+
+import torch
+
+from podd_lib.poddl import (
+    PosterLabels,
+    class_map,
+    clip_labels_,
+    fixed_labels,
+    label_grid_size,
+    majority_labels,
+)
+from podd_lib.poster import make_geometry, tiling_geometry
+
+ORDER = [[9, 0, 2, 4, 3], [1, 8, 6, 7, 5]]  # paper figure 8: truck airplane bird deer cat / automobile ship ...
+
+
+def test_class_map_is_nearest_upsampling():
+    cm = class_map([[0, 1], [2, 3]], 4, 6)
+    assert cm.tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1], [2, 2, 2, 3, 3, 3], [2, 2, 2, 3, 3, 3]]
+
+
+def test_majority_and_ties():
+    counts = torch.tensor([[5.0, 3.0, 0.0], [4.0, 4.0, 1.0], [2.0, 2.0, 2.0]])
+    lab = majority_labels(counts)
+    assert torch.allclose(lab, torch.tensor([[1, 0, 0], [0.5, 0.5, 0], [1 / 3, 1 / 3, 1 / 3]]))
+
+
+def test_fixed_labels_on_tiling_are_one_hot_of_the_class():
+    g = tiling_geometry(10, (32, 32), (5, 2))
+    lab = fixed_labels(ORDER, g)
+    expected = torch.tensor([ORDER[j][i] for i in range(5) for j in range(2)])  # x-major
+    assert torch.equal(lab.argmax(1), expected)
+    assert torch.equal(lab.max(1).values, torch.ones(10))
+
+
+def test_fixed_labels_of_overlapping_poster_are_distributions():
+    g = make_geometry(0.9, 10, (32, 32), (5, 2), (16, 6))
+    lab = fixed_labels(ORDER, g)
+    assert lab.shape == (96, 10)
+    assert torch.allclose(lab.sum(1), torch.ones(96))
+    assert lab[0].argmax() == ORDER[0][0] and lab[-1].argmax() == ORDER[1][4]
+
+
+def test_label_grid_sizes():
+    g = make_geometry(0.9, 10, (32, 32), (5, 2), (16, 6), size=(60, 153))
+    assert label_grid_size(g, "paper") == (2, 5)
+    assert label_grid_size(g, "release") == (1, 6)  # method notes: the top row of classes gets no cell
+    g100 = make_geometry(0.9, 100, (32, 32), (10, 10), (20, 20), size=(303, 303))
+    assert label_grid_size(g100, "release") == (10, 9)
+
+
+def test_learned_labels_start_as_the_class_grid_and_get_gradients():
+    g = tiling_geometry(10, (32, 32), (5, 2))
+    lab = PosterLabels(ORDER, g, learned=True)
+    assert lab.Y.shape == (10, 2, 5)
+    y = lab()
+    assert torch.allclose(y, fixed_labels(ORDER, g))
+    Y = lab.Y.clone().requires_grad_(True)
+    idx = torch.tensor([0, 3])
+    (gY,) = torch.autograd.grad(lab(Y, idx)[:, 1].sum(), Y)
+    assert gY.abs().sum() > 0
+
+
+def test_learned_labels_pool_a_window_and_l1_normalise():
+    g = make_geometry(1.0, 10, (32, 32), (5, 2), (16, 6))
+    lab = PosterLabels(ORDER, g, learned=True)
+    Y = torch.rand(10, 2, 5)
+    got = lab(Y)
+    assert got.shape == (96, 10) and torch.allclose(got.sum(1), torch.ones(96))
+    # window size max(1, floor(32 * 5 / 160)) = 1 cell: each label is one normalised column of Y
+    k = 17  # i = 2, j = 5
+    i, j = divmod(k, 6)
+    ox = round(4 * i / 15)
+    oy = round(1 * j / 5)
+    want = Y[:, oy, ox] / Y[:, oy, ox].sum()
+    assert torch.allclose(got[k], want)
+
+
+def test_clip_labels_at_zero():
+    Y = torch.tensor([[-1.0, 2.0]], requires_grad=True)
+    clip_labels_(Y)
+    assert Y.tolist() == [[0.0, 2.0]]

@@ -1,0 +1,121 @@
+"""RaT-BPTT: the functional inner Adam, the meta-gradient, and one outer step."""
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from podd_lib.errors import PoddError
+from podd_lib.models import make_model
+from podd_lib.optim import adam_init, adam_step
+from podd_lib.poddl import PosterLabels
+from podd_lib.poster import make_geometry
+from podd_lib.ratbptt import (
+    RatBpttSettings,
+    clip_by_ema,
+    inner_steps,
+    make_outer_state,
+    outer_step,
+    soft_cross_entropy,
+)
+
+
+def tiny_net(dtype=torch.float32, norm="instance"):
+    torch.manual_seed(0)
+    return make_model("convnet", channels=1, num_classes=2, im_size=(8, 8), width=4, depth=1, norm=norm).to(dtype)
+
+
+def test_functional_adam_equals_torch_adam_over_20_steps():
+    # no norm layer: under instance norm the conv bias has a ~0 gradient that Adam blows up to
+    # lr-sized steps of arbitrary sign, so rounding differences would not stay small
+    net = tiny_net(norm="none")
+    ref = tiny_net(norm="none")
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    params = {k: p.detach().clone().requires_grad_(True) for k, p in net.named_parameters()}
+    state = adam_init({k: p.detach() for k, p in params.items()})
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        x = torch.randn(16, 1, 8, 8, generator=g)
+        y = torch.randint(0, 2, (16,), generator=g)
+        loss = torch.nn.functional.cross_entropy(functional_call(net, params, (x,)), y)
+        grads = torch.autograd.grad(loss, list(params.values()))
+        params, state = adam_step(params, dict(zip(params, grads)), state, lr=1e-2)
+        params = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ref(x), y).backward()
+        opt.step()
+    for k, p in ref.named_parameters():
+        assert torch.allclose(params[k], p, atol=1e-5, rtol=0), k
+
+
+def meta_loss(poster, Y, labels, geom, net, s, seed):
+    """Real-batch loss after `window` differentiable steps from a seeded start.
+
+    No plain steps: they depend on the poster too, and RaT-BPTT deliberately truncates them,
+    so finite differences would see a dependence that the meta-gradient leaves out.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    params = {k: p.detach().clone().requires_grad_(True) for k, p in net.named_parameters()}
+    state = adam_init({k: p.detach() for k, p in params.items()})
+    params, state = inner_steps(net, params, state, poster, Y, labels, geom, s, s.window, gen, True)
+    xr = torch.randn(12, 1, 8, 8, generator=gen, dtype=poster.dtype)
+    yr = torch.randint(0, 2, (12,), generator=gen)
+    return torch.nn.functional.cross_entropy(functional_call(net, params, (xr,)), yr)
+
+
+def test_meta_gradient_matches_finite_differences():
+    geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))  # 8x16 poster, 3 overlapping patches
+    labels = PosterLabels([[0, 1]], geom, learned=True)
+    s = RatBpttSettings(window=3, totwindow=5, bs_d=3, bs=12, inner_lr=0.05, syn_aug="none", real_aug="none")
+    net = tiny_net(torch.float64, norm="none")  # see the Adam test on instance norm and conv biases
+    poster = torch.randn(1, 8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    Y = (labels.Y.double() + 0.1).requires_grad_(True)
+    gP, gY = torch.autograd.grad(meta_loss(poster, Y, labels, geom, net, s, 3), (poster, Y))
+    d = torch.randn_like(poster)
+    dY = torch.randn_like(Y)
+    eps = 1e-5
+    up = meta_loss((poster + eps * d).detach(), (Y + eps * dY).detach(), labels, geom, net, s, 3).detach()
+    dn = meta_loss((poster - eps * d).detach(), (Y - eps * dY).detach(), labels, geom, net, s, 3).detach()
+    fd = (up - dn) / (2 * eps)
+    analytic = (gP * d).sum() + (gY * dY).sum()
+    assert abs(float(fd - analytic)) < 1e-5 * max(1.0, abs(float(fd)))
+    assert float(gP.abs().sum()) > 0 and float(gY.abs().sum()) > 0
+
+
+def test_clip_by_ema():
+    s = RatBpttSettings(window=1, totwindow=2)
+    g = torch.full((4,), 1.0)  # norm 2
+    norm, ema = clip_by_ema(g, None, s)  # first value = first norm: no clipping
+    assert norm == 2.0 and ema == pytest.approx(2.0) and torch.equal(g, torch.full((4,), 1.0))
+    g = torch.full((4,), 5.0)  # norm 10 > 2 * 2
+    norm, ema = clip_by_ema(g, 2.0, s)
+    assert norm == 10.0 and float(g.norm()) == pytest.approx(4.0) and ema == pytest.approx(0.9 * 2 + 0.1 * 10)
+
+
+def test_outer_step_updates_poster_and_keeps_labels_nonnegative():
+    geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
+    labels = PosterLabels([[0, 1]], geom, learned=True)
+    s = RatBpttSettings(window=2, totwindow=4, bs_d=3, bs=8, lr=0.1)
+    net = tiny_net()
+    gen = torch.Generator().manual_seed(0)
+    st = make_outer_state(torch.randn(1, 8, 16), labels.Y, s, gen)
+    before = st.poster.detach().clone()
+    x = torch.randn(20, 1, 8, 8)
+    y = torch.randint(0, 2, (20,))
+    for _ in range(3):
+        row = outer_step(st, net, labels, geom, x, y, s)
+    assert st.step == 3 and row["step"] == 3 and torch.isfinite(torch.tensor(row["loss"]))
+    assert not torch.equal(before, st.poster.detach())
+    assert (st.Y >= 0).all()
+
+
+def test_settings_reject_impossible_curriculum():
+    with pytest.raises(PoddError, match="window"):
+        RatBpttSettings(window=10, totwindow=5)
+
+
+def test_soft_cross_entropy_equals_hard_on_one_hot():
+    logits = torch.randn(5, 3)
+    y = torch.tensor([0, 2, 1, 1, 0])
+    assert torch.allclose(soft_cross_entropy(logits, torch.nn.functional.one_hot(y, 3).float()),
+                          torch.nn.functional.cross_entropy(logits, y))
