@@ -1,0 +1,68 @@
+"""Shared fixtures: where the real CIFAR-10 copy lives for @pytest.mark.realdata tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CIFAR10_ZIP = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
+
+
+def _has_cifar10(root: Path) -> bool:
+    """True when root holds the ImageFolder copy cifar10/{train,test}/<class>/."""
+    return (root / "cifar10" / "train").is_dir() and (root / "cifar10" / "test").is_dir()
+
+
+def _unpack(zip_path: Path, dest: Path) -> Path:
+    """Extract the CIFAR-10 JPEG zip into dest (a few seconds for its 60k small files)."""
+    with zipfile.ZipFile(zip_path) as archive:
+        archive.extractall(dest)
+    if not _has_cifar10(dest):
+        pytest.fail(f"{zip_path} did not contain cifar10/{{train,test}}/<class>/ images")
+    return dest
+
+
+def _scratch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh folder for the unpacked copy: in RAM (/dev/shm) when it has room, else pytest's temp dir.
+
+    Creating and deleting 60k files on a disk mounted with online discard takes minutes; on tmpfs
+    it takes a second or two.
+    """
+    shm = Path("/dev/shm")
+    try:
+        if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * 1024**3:
+            return Path(tempfile.mkdtemp(prefix="podd-cifar10root-", dir=shm))
+    except OSError:
+        pass
+    return tmp_path_factory.mktemp("cifar10root")
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A data root containing cifar10/{train,test}/<class>/*.jpg: $PODD_CIFAR10_ROOT, else the unpacked zip.
+
+    The unpacked copy lives for the session and is removed at its end, so that its 60k files never
+    land on a later pytest run's basetemp rotation (/tmp/pytest-of-<user> is shared by every run).
+    """
+    env = os.environ.get("PODD_CIFAR10_ROOT", "")
+    if env:
+        root = Path(env).expanduser()
+        if not _has_cifar10(root):
+            pytest.fail(f"PODD_CIFAR10_ROOT={env} has no cifar10/train and cifar10/test folders")
+        yield root
+        return
+    if not CIFAR10_ZIP.is_file():
+        pytest.fail(f"real CIFAR-10 not found: set PODD_CIFAR10_ROOT to a data root with cifar10/{{train,test}}/ "
+                    f"or provide {CIFAR10_ZIP}")
+    dest = _scratch_dir(tmp_path_factory)
+    try:
+        yield _unpack(CIFAR10_ZIP, dest)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
