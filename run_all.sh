@@ -8,8 +8,11 @@
 #   --datasets  comma-separated datasets, e.g. cifar10,cifar100 (default: the profile's)
 #   --force     recompute results even when cached outputs exist
 #
-# For now the notebooks are not there yet: this sets up the environment and runs a short demo
-# of the `podd` command. (The lead replaces the body once the notebooks land.)
+# Each notebook in notebooks/ runs in order through papermill (kernel python3, cwd notebooks/),
+# with the profile as a parameter; executed copies go to outputs/notebooks/, figures to
+# outputs/figures/, tables to outputs/results/, and the report to outputs/report.md.
+# Finished runs are cached by their resolved config (outputs/runs/), so a second call, or a call
+# after an interruption, continues where it stopped; --force recomputes.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -48,10 +51,36 @@ PY="$(scripts/ensure_env.sh)"
 export PATH="$(dirname "$PY"):$PATH"
 export JUPYTER_PREFER_ENV_PATH=1
 
-if [ -n "$ONLY" ] || [ -n "$DATASETS" ] || [ "$FORCE" -eq 1 ]; then
-    echo "run_all: note: the notebooks are not there yet; --only/--datasets/--force have no effect"
+ROOT="$(scripts/shared_cifar10.sh)"
+mkdir -p outputs/notebooks
+PARAMS=(-p profile "$PROFILE" -p data_root "$ROOT" -p out_dir ../outputs)
+[ "$FORCE" -eq 1 ] && PARAMS+=(-p force True)
+if [ -n "$DATASETS" ]; then
+    PARAMS+=(-y "datasets: [$(echo "$DATASETS" | sed 's/,/, /g')]")
 fi
 
-# ---- demo of the CLI (replaced by the notebook runs later) ----
-echo "run_all: podd info --dataset cifar10 --ipc 0.9"
-podd info --dataset cifar10 --ipc 0.9
+for nb in notebooks/[0-9]*.ipynb; do
+    name="$(basename "$nb" .ipynb)"
+    if [ -n "$ONLY" ] && ! echo ",$ONLY," | grep -q ",$name,\|,${name%%_*},"; then
+        continue
+    fi
+    out="outputs/notebooks/$name.ipynb"
+    echo "run_all: === $name (profile $PROFILE) ==="
+    start=$(date +%s)
+    if ! papermill -k python3 --cwd notebooks --progress-bar "$nb" "$out" "${PARAMS[@]}"; then
+        echo "run_all: FAILED in $name; the partial executed copy is $out" >&2
+        "$PY" - "$out" <<'PY' >&2 || true
+import json, sys
+nb = json.load(open(sys.argv[1]))
+for i, c in enumerate(nb["cells"]):
+    for o in c.get("outputs", []):
+        if o.get("output_type") == "error":
+            print(f"run_all: failing cell {i}: {o.get('ename')}: {o.get('evalue')}")
+            print("".join(c.get("source", ""))[:400])
+            sys.exit(0)
+PY
+        exit 1
+    fi
+    echo "run_all: $name done in $(( $(date +%s) - start )) s"
+done
+echo "run_all: all notebooks done; report: outputs/report.md"

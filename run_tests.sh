@@ -46,8 +46,10 @@ run_notebook_checks() {
         echo "run_tests: no notebooks under notebooks/ yet; skipping the notebook checks"
         return 0
     fi
-    echo "run_tests: nbval over notebooks/ (PODD_PROFILE=smoke)"
-    PODD_PROFILE=smoke "$PY" -m pytest -q --nbval-lax --nbval-current-env notebooks/
+    local root
+    root="$(scripts/shared_cifar10.sh)"
+    echo "run_tests: nbval over notebooks/ (PODD_PROFILE=smoke, PODD_DATA_ROOT=$root)"
+    PODD_PROFILE=smoke PODD_DATA_ROOT="$root" "$PY" -m pytest -q --nbval-lax --nbval-current-env notebooks/
 }
 
 run_unit_tests "$@" || status=1

@@ -1,0 +1,506 @@
+"""The evaluation protocol (paper section 5.1; notes section 6) and its baselines.
+
+K freshly initialised networks (default 8 ConvNets) are trained TOGETHER on the distilled set:
+their parameters are stacked along a leading model axis (`torch.func.stack_module_state`), the
+forward pass is `vmap(functional_call)`, and one functional Adam (`podd_lib.optim.adam_step`,
+lr 1e-3, betas 0.9/0.999, eps 1e-8) updates all of them. Every step, each model draws its own
+random batch of min(bs_d, N) distinct synthetic images (uniform, without replacement inside the
+batch) and its own augmentation; the loss is soft-label cross-entropy
+-(y * log_softmax(logits)).sum(-1).mean() with the targets used as given. At each step listed in
+`steps` every model is tested on the whole real test set, and the accuracies, their mean and
+their POPULATION standard deviation (ddof=0) over models are recorded. Nothing is selected on
+the test set.
+
+Models with batch norm (running statistics are updated in place, which vmap cannot batch) are
+trained by a loop over models with the same maths, random draws and Adam; the result says so
+(`"vectorized": false`). `vectorize=False` forces that loop for any model (used by the tests to
+check that both paths agree).
+
+Randomness: `eval_rng(seed, K)` derives K initialisation seeds and one CPU generator for batches
+and augmentation from `seed`, so the soft- and hard-label runs of one seed share initialisations,
+batches and augmentations (a paired comparison), and results do not depend on the device.
+Accuracies are percentages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+from tqdm.auto import tqdm
+
+from podd_lib.augment import augment, parse_strategy
+from podd_lib.errors import PoddError
+from podd_lib.io import atomic_write_json
+from podd_lib.models import is_vmappable, make_model, stacked_fresh
+from podd_lib.optim import adam_init, adam_step
+
+Params = dict[str, Tensor]
+DEFAULT_STEPS = (300, 600, 1000, 2000)
+STD_NOTE = "population standard deviation over models (ddof=0)"
+
+
+# ---------------------------------------------------------------- small pure helpers
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean over the batch of -(targets * log_softmax(logits)).sum(-1)."""
+    return -(targets * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def hardened(y: Tensor) -> Tensor:
+    """One-hot of the argmax of each soft label (ties go to the lowest class index)."""
+    return F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
+
+
+def mean_std(acc: Tensor) -> tuple[float, float]:
+    """Mean and population (ddof=0) standard deviation of a 1-D tensor."""
+    acc = acc.double()
+    return float(acc.mean()), float(acc.std(correction=0))
+
+
+def eval_rng(seed: int, num_models: int) -> tuple[list[int], torch.Generator]:
+    """K initialisation seeds and a CPU generator for batches/augmentation, all derived from seed."""
+    master = torch.Generator().manual_seed(int(seed))
+    init_seeds = torch.randint(0, 2**62, (num_models,), generator=master).tolist()
+    data_seed = int(torch.randint(0, 2**62, (1,), generator=master))
+    return init_seeds, torch.Generator().manual_seed(data_seed)
+
+
+def random_batches(n: int, num_models: int, batch: int, g: torch.Generator) -> Tensor:
+    """(K, min(batch, n)) indices: per model a uniform batch of distinct items from range(n)."""
+    return torch.rand(num_models, n, generator=g).argsort(dim=-1)[:, : min(batch, n)]
+
+
+def _progress_on(progress: bool) -> bool:
+    """Progress bars unless disabled or the CI environment variable is set."""
+    return bool(progress) and not os.environ.get("CI")
+
+
+# ---------------------------------------------------------------- validation (before any compute)
+
+def _device(device: str | torch.device) -> torch.device:
+    """torch.device(device), or PoddError."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise PoddError(f"bad device {device!r}: {e}") from None
+
+
+def _check_steps(steps: Sequence[int]) -> tuple[int, ...]:
+    """Sorted distinct positive step counts, or PoddError."""
+    try:
+        out = tuple(sorted({int(s) for s in steps}))
+    except (TypeError, ValueError):
+        raise PoddError(f"steps must be positive integers, got {steps!r}") from None
+    if not out or out[0] < 1:
+        raise PoddError(f"steps must be positive integers, got {steps!r}")
+    return out
+
+
+def _check_images(name: str, x: Any) -> Tensor:
+    """x as a float (N, C, H, W) tensor with N >= 1, or PoddError."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point() or x.shape[0] < 1:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise PoddError(f"{name} must be float images (N, C, H, W) with N >= 1, got {shape}")
+    return x
+
+
+def _check_soft_labels(y: Any, n: int) -> Tensor:
+    """y as (n, classes) finite non-negative label vectors with positive mass, or PoddError."""
+    if not isinstance(y, Tensor) or y.dim() != 2 or y.shape[0] != n or not y.is_floating_point():
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise PoddError(f"y_syn must be float label vectors ({n}, num_classes), got {shape}")
+    if y.shape[1] < 2 or not torch.isfinite(y).all() or (y < 0).any() or (y.sum(-1) <= 0).any():
+        raise PoddError("y_syn rows must be finite, non-negative, with positive sum, and >= 2 classes")
+    return y
+
+
+def _check_int_labels(name: str, y: Any, n: int, num_classes: int) -> Tensor:
+    """y as (n,) integer labels in [0, num_classes), or PoddError."""
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != n or y.is_floating_point():
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise PoddError(f"{name} must be ({n},) integer labels, got {shape}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise PoddError(f"{name} has labels outside [0, {num_classes})")
+    return y.long()
+
+
+def _num_classes(y: Any, num_classes: int | None) -> int:
+    """num_classes if given, else 1 + the largest label of the tensor y."""
+    if num_classes is not None:
+        return int(num_classes)
+    if not isinstance(y, Tensor) or y.numel() == 0:
+        raise PoddError("labels must be a non-empty integer tensor (or pass num_classes)")
+    return int(y.max()) + 1
+
+
+def _check_common(bs: int, lr: float, num_models: int, augmentation: str, aug_mode: str) -> None:
+    """Raise PoddError on a bad batch size, learning rate, model count or augmentation."""
+    if int(bs) < 1 or not (float(lr) > 0) or int(num_models) < 1:
+        raise PoddError(f"need batch size >= 1, lr > 0, num_models >= 1 "
+                        f"(got {bs}, {lr}, {num_models})")
+    parse_strategy(augmentation)
+    if aug_mode not in ("single", "all"):
+        raise PoddError(f"unknown augmentation mode {aug_mode!r}; choose single or all")
+
+
+def _model_fn(arch: str, channels: int, num_classes: int, im_size: tuple[int, int],
+              arch_kwargs: dict | None) -> Callable[[], nn.Module]:
+    """A zero-argument network constructor, checked once now (PoddError on bad names)."""
+    kwargs = dict(arch_kwargs or {})
+    allowed = {"width", "depth", "norm", "pool"}
+    if set(kwargs) - allowed:
+        raise PoddError(f"unknown arch_kwargs {sorted(set(kwargs) - allowed)}; "
+                        f"allowed {sorted(allowed)}")
+    fn = lambda: make_model(arch, channels, num_classes, im_size, **kwargs)  # noqa: E731
+    with torch.device("meta"):
+        fn()
+    return fn
+
+
+# ---------------------------------------------------------------- one training step, two ways
+
+def _vmapped_grads(base: nn.Module, params: Params, buffers: Params, xb: Tensor, yb: Tensor
+                   ) -> tuple[Params, Tensor]:
+    """Per-model gradients and losses of K stacked models in one vmapped pass."""
+    def loss_one(p: Params, b: Params, x: Tensor, y: Tensor) -> Tensor:
+        return soft_cross_entropy(functional_call(base, (p, b), (x,)), y)
+    grads, loss = vmap(grad_and_value(loss_one))(params, buffers, xb, yb)
+    return grads, loss
+
+
+def _sequential_grads(base: nn.Module, params: Params, buffers: Params, xb: Tensor, yb: Tensor
+                      ) -> tuple[Params, Tensor]:
+    """Same as _vmapped_grads by a loop over models; batch-norm buffers are updated in place."""
+    names = list(params)
+    per_model, losses = [], []
+    for k in range(xb.shape[0]):
+        p = {n: params[n][k].detach().requires_grad_() for n in names}
+        b = {n: t[k] for n, t in buffers.items()}  # views: running stats update the stack
+        loss = soft_cross_entropy(functional_call(base, (p, b), (xb[k],)), yb[k])
+        per_model.append(torch.autograd.grad(loss, [p[n] for n in names]))
+        losses.append(loss.detach())
+    grads = {n: torch.stack([g[i] for g in per_model]) for i, n in enumerate(names)}
+    return grads, torch.stack(losses)
+
+
+@torch.no_grad()
+def models_accuracy(base: nn.Module, params: Params, buffers: Params, x_test: Tensor,
+                    y_test: Tensor, vectorized: bool, chunk_images: int = 2048) -> Tensor:
+    """(K,) test accuracies in % of K stacked models, evaluated in chunks (eval mode)."""
+    k = next(iter(params.values())).shape[0]
+    device = next(iter(params.values())).device
+    chunk = max(1, chunk_images // k)
+    fwd = lambda p, b, x: functional_call(base, (p, b), (x,))  # noqa: E731
+    correct = torch.zeros(k, dtype=torch.long, device=device)
+    base.eval()
+    try:
+        for i in range(0, x_test.shape[0], chunk):
+            xc, yc = x_test[i:i + chunk].to(device), y_test[i:i + chunk].to(device)
+            if vectorized:
+                logits = vmap(fwd, in_dims=(0, 0, None))(params, buffers, xc)
+            else:
+                logits = torch.stack([fwd({n: t[m] for n, t in params.items()},
+                                          {n: t[m] for n, t in buffers.items()}, xc)
+                                      for m in range(k)])
+            correct += (logits.argmax(-1) == yc).sum(-1)
+    finally:
+        base.train()
+    return correct.double().cpu() * (100.0 / x_test.shape[0])
+
+
+# ---------------------------------------------------------------- the shared training engine
+
+def _train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
+                  model_fn: Callable[[], nn.Module], num_models: int, eval_steps: tuple[int, ...],
+                  batch: int, lr: float, augmentation: str, aug_mode: str, seed: int,
+                  device: torch.device, progress: bool, vectorize: bool | None, epochs_mode: bool,
+                  desc: str, return_params: bool) -> dict:
+    """Train K fresh models on (x, y), test at eval_steps; inputs are already validated."""
+    t0 = time.perf_counter()
+    init_seeds, g = eval_rng(seed, num_models)
+    with torch.device("meta"):  # structure only; does not touch the global RNG
+        base = model_fn()
+    vectorized = is_vmappable(base) if vectorize is None else bool(vectorize)
+    if vectorized and not is_vmappable(base):
+        raise PoddError("this model has batch norm with running stats and cannot be vmapped; "
+                        "use vectorize=None or False")
+    params, buffers = stacked_fresh(model_fn, init_seeds, device)
+    params = {n: t.to(x.dtype) for n, t in params.items()}  # networks take the images' dtype
+    buffers = {n: t.to(x.dtype) if t.is_floating_point() else t for n, t in buffers.items()}
+    state = adam_init(params)
+    x, y = x.to(device), y.to(device)
+    n, k = x.shape[0], num_models
+    bs = min(batch, n)
+    perm, pos = None, n  # epoch sampler state
+    by_step, losses = [], None
+    step_fn = _vmapped_grads if vectorized else _sequential_grads
+    bar = tqdm(total=eval_steps[-1], desc=desc, disable=not _progress_on(progress), leave=False)
+    for step in range(1, eval_steps[-1] + 1):
+        if epochs_mode:
+            if pos + bs > n:  # new epoch: fresh permutation per model, last partial batch dropped
+                perm, pos = torch.rand(k, n, generator=g).argsort(dim=-1), 0
+            idx, pos = perm[:, pos:pos + bs], pos + bs
+        else:
+            idx = random_batches(n, k, bs, g)
+        idx = idx.to(device)
+        xb = augment(x[idx], augmentation, g, mode=aug_mode)
+        grads, losses = step_fn(base, params, buffers, xb, y[idx])
+        params, state = adam_step(params, grads, state, lr)
+        bar.update(1)
+        if step in eval_steps:
+            acc = models_accuracy(base, params, buffers, x_test, y_test, vectorized)
+            m, s = mean_std(acc)
+            by_step.append({"step": step, "acc_pct": acc.tolist(), "mean_pct": m, "std_pct": s,
+                            "train_loss": losses.detach().cpu().double().tolist()})
+            bar.set_postfix(acc=f"{m:.2f}")
+    bar.close()
+    result = {
+        "vectorized": vectorized,
+        "training": "vmap over stacked models" if vectorized else "loop over models",
+        "num_models": k, "batch_size": bs, "init_seeds": init_seeds,
+        "std": STD_NOTE, "by_step": by_step,
+        "final": {key: by_step[-1][key] for key in ("step", "mean_pct", "std_pct")},
+        "seconds": time.perf_counter() - t0,
+    }
+    if return_params:
+        result["params"], result["buffers"] = params, buffers
+    return result
+
+
+# ---------------------------------------------------------------- public API
+
+def train_and_test(
+    x_syn: Tensor,
+    y_syn: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    arch: str = "convnet",
+    num_models: int = 8,
+    steps: Sequence[int] = DEFAULT_STEPS,
+    bs_d: int = 96,
+    lr: float = 1e-3,
+    augmentation: str = "flip_rotate",
+    seed: int = 0,
+    arch_kwargs: dict | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    hard_labels: bool = False,
+    aug_mode: str = "single",
+    vectorize: bool | None = None,
+    return_params: bool = False,
+) -> dict:
+    """Train K fresh networks on (x_syn, y_syn) and report test accuracy (%) at each of `steps`.
+
+    The result is JSON-able unless return_params=True (then it also holds the final stacked
+    "params" and "buffers").
+    """
+    x_syn = _check_images("x_syn", x_syn)
+    y_syn = _check_soft_labels(y_syn, x_syn.shape[0])
+    x_test = _check_images("x_test", x_test)
+    if x_test.shape[1:] != x_syn.shape[1:]:
+        raise PoddError(f"x_test images {tuple(x_test.shape[1:])} differ from x_syn "
+                        f"{tuple(x_syn.shape[1:])}")
+    num_classes = y_syn.shape[1]
+    y_test = _check_int_labels("y_test", y_test, x_test.shape[0], num_classes)
+    eval_steps = _check_steps(steps)
+    _check_common(bs_d, lr, num_models, augmentation, aug_mode)
+    dev = _device(device)
+    c, h, w = x_syn.shape[1:]
+    model_fn = _model_fn(arch, c, num_classes, (h, w), arch_kwargs)
+    y = hardened(y_syn) if hard_labels else y_syn
+    out = _train_models(x_syn, y, x_test, y_test, model_fn, int(num_models), eval_steps,
+                        int(bs_d), float(lr), augmentation, aug_mode, int(seed), dev, progress,
+                        vectorize, epochs_mode=False,
+                        desc=f"eval {arch} {'hard' if hard_labels else 'soft'}",
+                        return_params=return_params)
+    return {"labels": "hard (one-hot argmax)" if hard_labels else "soft (as given)", **out}
+
+
+def _check_real(real: Any) -> None:
+    """Raise PoddError unless real has x_test, y_test, classes, image_size, channels."""
+    need = ("x_test", "y_test", "classes", "image_size", "channels")
+    missing = [a for a in need if not hasattr(real, a)]
+    if missing:
+        raise PoddError(f"real data object lacks attribute(s): {', '.join(missing)}")
+
+
+def _hw(image_size: Any) -> tuple[int, int]:
+    """(H, W) from an int or a pair."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = image_size
+    return int(h), int(w)
+
+
+def evaluate_distilled(
+    x_syn: Tensor,
+    y_syn: Tensor,
+    real: Any,
+    arch: str = "convnet",
+    num_models: int = 8,
+    steps: Sequence[int] = DEFAULT_STEPS,
+    bs_d: int = 96,
+    lr: float = 1e-3,
+    augmentation: str = "flip_rotate",
+    seed: int = 0,
+    arch_kwargs: dict | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    with_hard_labels: bool = True,
+    aug_mode: str = "single",
+    vectorize: bool | None = None,
+) -> dict:
+    """The paper's protocol on a distilled set: {"protocol", "soft", "hard"} (hard None if skipped).
+
+    `real` is any object with x_test, y_test, classes, image_size and channels (e.g. data.RealData).
+    """
+    _check_real(real)
+    x_syn = _check_images("x_syn", x_syn)
+    num_classes, (h, w) = len(real.classes), _hw(real.image_size)
+    if tuple(x_syn.shape[1:]) != (int(real.channels), h, w):
+        raise PoddError(f"x_syn images {tuple(x_syn.shape[1:])} do not match the real data "
+                        f"({real.channels}, {h}, {w})")
+    y_syn = _check_soft_labels(y_syn, x_syn.shape[0])
+    if y_syn.shape[1] != num_classes:
+        raise PoddError(f"y_syn has {y_syn.shape[1]} classes, the real data {num_classes}")
+    protocol = {
+        "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "num_models": int(num_models),
+        "steps": list(_check_steps(steps)), "bs_d": int(bs_d), "lr": float(lr),
+        "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-8), no weight decay, no schedule",
+        "loss": "soft-label cross-entropy", "augmentation": augmentation, "aug_mode": aug_mode,
+        "batches": "per model, per step: min(bs_d, n_syn) distinct random synthetic images",
+        "seed": int(seed), "std": STD_NOTE, "accuracy_unit": "percent",
+        "selection": "none: accuracies reported at fixed steps, nothing chosen on the test set",
+        "n_syn": int(x_syn.shape[0]), "n_test": int(real.x_test.shape[0]),
+        "num_classes": num_classes, "channels": int(real.channels), "image_size": [h, w],
+    }
+    kw = dict(arch=arch, num_models=num_models, steps=steps, bs_d=bs_d, lr=lr,
+              augmentation=augmentation, seed=seed, arch_kwargs=arch_kwargs, device=device,
+              progress=progress, aug_mode=aug_mode, vectorize=vectorize)
+    soft = train_and_test(x_syn, y_syn, real.x_test, real.y_test, hard_labels=False, **kw)
+    hard = (train_and_test(x_syn, y_syn, real.x_test, real.y_test, hard_labels=True, **kw)
+            if with_hard_labels else None)
+    return {"protocol": protocol, "soft": soft, "hard": hard}
+
+
+def random_real_subset(
+    x_train: Tensor,
+    y_train: Tensor,
+    k_per_class: int | None = None,
+    pixel_budget_ipc: float | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Random real images: k per class, or floor(ipc * classes) whole images spread round-robin.
+
+    With a fractional budget the round-robin visits the classes in a seeded random order, so
+    which classes get one image more varies with the seed. Returns (x, one-hot y), sorted by class.
+    """
+    if (k_per_class is None) == (pixel_budget_ipc is None):
+        raise PoddError("give exactly one of k_per_class and pixel_budget_ipc")
+    x_train = _check_images("x_train", x_train)
+    c = _num_classes(y_train, num_classes)
+    y_train = _check_int_labels("y_train", y_train, x_train.shape[0], c)
+    g = torch.Generator().manual_seed(int(seed))
+    if k_per_class is not None:
+        if int(k_per_class) < 1:
+            raise PoddError(f"k_per_class must be >= 1, got {k_per_class}")
+        quota = torch.full((c,), int(k_per_class), dtype=torch.long)
+    else:
+        total = math.floor(float(pixel_budget_ipc) * c + 1e-9)
+        if total < 1:
+            raise PoddError(f"an IPC budget of {pixel_budget_ipc} buys no whole image "
+                            f"for {c} classes")
+        rank = torch.empty(c, dtype=torch.long)
+        rank[torch.randperm(c, generator=g)] = torch.arange(c)
+        quota = total // c + (rank < total % c).long()
+    counts = torch.bincount(y_train.cpu(), minlength=c)
+    if (counts < quota).any():
+        bad = int(torch.nonzero(counts < quota)[0])
+        raise PoddError(f"class {bad} has {int(counts[bad])} images, fewer than the "
+                        f"{int(quota[bad])} requested")
+    perm = torch.randperm(x_train.shape[0], generator=g)
+    yp = y_train.cpu()[perm]
+    order = torch.argsort(yp, stable=True)
+    idx, ys = perm[order], yp[order]
+    start = torch.cumsum(counts, 0) - counts
+    keep = (torch.arange(idx.shape[0]) - start[ys]) < quota[ys]
+    chosen = idx[keep].to(x_train.device)
+    return x_train[chosen], F.one_hot(y_train[chosen], c).to(x_train.dtype)
+
+
+def full_dataset_baseline(
+    x_train: Tensor,
+    y_train: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    num_classes: int | None = None,
+    arch: str = "convnet",
+    num_models: int = 1,
+    epochs: float = 30,
+    steps: int | None = None,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    augmentation: str = "flip_rotate",
+    seed: int = 0,
+    arch_kwargs: dict | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    aug_mode: str = "single",
+    vectorize: bool | None = None,
+) -> dict:
+    """The "Full dataset" row: the same network(s) trained by plain minibatch Adam on all of x_train.
+
+    Each model shuffles the training set every epoch (its own permutation; the last partial batch
+    is dropped). Length is `steps` if given, else ceil(epochs * steps_per_epoch). Tested once, at
+    the end.
+    """
+    x_train = _check_images("x_train", x_train)
+    x_test = _check_images("x_test", x_test)
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise PoddError(f"x_test images {tuple(x_test.shape[1:])} differ from x_train "
+                        f"{tuple(x_train.shape[1:])}")
+    c = _num_classes(y_train, num_classes)
+    y_train = _check_int_labels("y_train", y_train, x_train.shape[0], c)
+    y_test = _check_int_labels("y_test", y_test, x_test.shape[0], c)
+    _check_common(batch_size, lr, num_models, augmentation, aug_mode)
+    per_epoch = max(1, x_train.shape[0] // int(batch_size))
+    total = int(steps) if steps is not None else math.ceil(float(epochs) * per_epoch)
+    if total < 1:
+        raise PoddError(f"training length must be >= 1 step (epochs={epochs}, steps={steps})")
+    dev = _device(device)
+    ch, h, w = x_train.shape[1:]
+    model_fn = _model_fn(arch, ch, c, (h, w), arch_kwargs)
+    y = F.one_hot(y_train, c).to(x_train.dtype)
+    out = _train_models(x_train, y, x_test, y_test, model_fn, int(num_models), (total,),
+                        int(batch_size), float(lr), augmentation, aug_mode, int(seed), dev,
+                        progress, vectorize, epochs_mode=True, desc=f"full {arch}",
+                        return_params=False)
+    protocol = {
+        "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "num_models": int(num_models),
+        "steps": total, "epochs": total / per_epoch, "steps_per_epoch": per_epoch,
+        "batch_size": int(batch_size), "lr": float(lr),
+        "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-8), no weight decay, no schedule",
+        "augmentation": augmentation, "aug_mode": aug_mode, "seed": int(seed),
+        "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]), "num_classes": c,
+        "std": STD_NOTE, "accuracy_unit": "percent",
+    }
+    return {"protocol": protocol, **out}
+
+
+def save_eval(result: dict, path: str | os.PathLike) -> Path:
+    """Write an evaluation result as JSON atomically (PoddError if it holds non-JSON values)."""
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as e:
+        raise PoddError(f"evaluation result is not JSON-serialisable: {e}") from None
+    return atomic_write_json(path, result)

@@ -1,0 +1,189 @@
+"""Cached experiment runs for the notebooks: distill + evaluate, baselines, result files.
+
+Every result is keyed by its fully resolved config (a hash in the folder name), written
+atomically to outputs/runs/... and reused unless force=True, so an interrupted `run_all.sh`
+continues where it stopped and a finished one is not redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from .config import resolve_config
+from .errors import PoddError
+from .io import atomic_write_json
+
+_DATA_CACHE: dict[tuple, object] = {}
+VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every")
+
+
+def config_key(cfg: dict) -> str:
+    """A short hash of everything that changes a result."""
+    stable = {k: v for k, v in sorted(cfg.items()) if k not in VOLATILE}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def device_name(device: str = "auto") -> str:
+    """'auto' -> 'cuda' if available else 'cpu'."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def progress_enabled() -> bool:
+    """tqdm bars on, except in CI."""
+    return not os.environ.get("CI")
+
+
+def load_real(cfg: dict, data_root: str | None = None):
+    """The real data a config asks for, loaded once per process (and cached on disk by data.py)."""
+    from .data import load_dataset
+
+    key = (cfg["dataset"], str(data_root), cfg["zca"], cfg.get("zca_reg"), cfg["train_per_class"], cfg["test_per_class"])
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_dataset(
+            cfg["dataset"], data_root=data_root, zca=cfg["zca"], download=True,
+            train_per_class=cfg["train_per_class"] or None, test_per_class=cfg["test_per_class"] or None,
+        )
+    return _DATA_CACHE[key]
+
+
+def _eval_kwargs(cfg: dict, device: str) -> dict:
+    """evaluate_distilled keyword arguments from a config."""
+    return dict(
+        arch=cfg["arch"], num_models=cfg["eval_models"], steps=tuple(cfg["eval_steps"]), bs_d=cfg["bs_d"],
+        augmentation=cfg["syn_aug"], seed=cfg["seed"], device=device, progress=progress_enabled(),
+        arch_kwargs={"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]},
+    )
+
+
+def summarize_eval(ev: dict) -> dict:
+    """Mean/std (%) at the last evaluation step, soft and hard labels."""
+    out = {}
+    for kind in ("soft", "hard"):
+        r = ev.get(kind)
+        if r:
+            f = r["final"]
+            out[kind] = {"step": f["step"], "mean": f["mean_pct"], "std": f["std_pct"]}
+    return out
+
+
+def distill_and_evaluate(
+    dataset: str,
+    ipc: float,
+    profile: str,
+    out_dir: str | os.PathLike = "outputs",
+    overrides: dict | None = None,
+    data_root: str | None = None,
+    tag: str = "podd",
+    force: bool = False,
+    device: str = "auto",
+) -> dict:
+    """Distill a poster with a resolved config and evaluate it; cached by config hash."""
+    from .distill import adapt_config_to_data, distill, geometry_from_config, load_run
+    from .evaluate import evaluate_distilled
+    from .poco import resolve_order
+
+    cfg = resolve_config(dataset, ipc, profile, overrides or {})
+    geometry_from_config(cfg)  # bad geometry fails before any data is read
+    run_dir = Path(out_dir) / "runs" / dataset / f"{tag}-ipc{ipc:g}-{config_key(cfg)}"
+    result_path = run_dir / "result.json"
+    if result_path.exists() and not force:
+        return json.loads(result_path.read_text())
+    if force and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    dev = device_name(device)
+    real = load_real(cfg, data_root)
+    cfg = adapt_config_to_data(cfg, real)
+    geom = geometry_from_config(cfg)
+    order = resolve_order(cfg["order"], list(real.classes), geom.o_y, geom.o_x, dataset=cfg["dataset"])
+    t0 = time.perf_counter()
+    resume = (run_dir / "checkpoint.pt").exists()
+    st = distill(cfg, real, order, run_dir, resume=resume, device=dev, progress=progress_enabled())
+    seconds = time.perf_counter() - t0
+    run = load_run(run_dir)
+    ev = evaluate_distilled(run["x"], run["y"], real, **_eval_kwargs(cfg, dev))
+    step_secs = [r["seconds"] for r in st.history]
+    result = {
+        "tag": tag, "dataset": dataset, "ipc": ipc, "exact_ipc": geom.ipc, "profile": profile,
+        "config_key": config_key(cfg), "run_dir": str(run_dir), "geometry": geom.to_dict(),
+        "label_kind": cfg["label_kind"], "steps": st.step,
+        "seconds_per_step_median": statistics.median(step_secs) if step_secs else None,
+        "seconds_distill_this_call": seconds, "eval": ev, "summary": summarize_eval(ev),
+        "command": f"podd distill --dataset {dataset} --ipc {ipc} --profile {profile} "
+        + " ".join(f"--set {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (overrides or {}).items())
+        + f" --out {run_dir} && podd evaluate {run_dir}",
+        "config": cfg,
+    }
+    atomic_write_json(result_path, result)
+    return result
+
+
+def random_real_baseline(
+    dataset: str, ipc: float, profile: str, out_dir: str | os.PathLike = "outputs", overrides: dict | None = None,
+    data_root: str | None = None, force: bool = False, device: str = "auto",
+) -> dict:
+    """Random real images within the same pixel budget, under the same protocol; cached."""
+    from .evaluate import evaluate_distilled, random_real_subset
+
+    cfg = resolve_config(dataset, ipc, profile, overrides or {})
+    path = Path(out_dir) / "runs" / dataset / f"random-ipc{ipc:g}-{config_key(cfg)}" / "result.json"
+    if path.exists() and not force:
+        return json.loads(path.read_text())
+    real = load_real(cfg, data_root)
+    x, y = random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=ipc, seed=cfg["seed"])
+    ev = evaluate_distilled(x, y, real, with_hard_labels=False, **_eval_kwargs(cfg, device_name(device)))
+    result = {"tag": "random", "dataset": dataset, "ipc": ipc, "profile": profile, "n_images": int(x.shape[0]),
+              "eval": ev, "summary": summarize_eval(ev), "config_key": config_key(cfg),
+              "command": f"podd evaluate --baseline random --dataset {dataset} --ipc {ipc} --profile {profile}"}
+    atomic_write_json(path, result)
+    return result
+
+
+def full_data_baseline(
+    dataset: str, profile: str, out_dir: str | os.PathLike = "outputs", overrides: dict | None = None,
+    data_root: str | None = None, force: bool = False, device: str = "auto", epochs: float | None = None,
+) -> dict:
+    """The same network trained on the whole (profile-sliced) training set; cached."""
+    from .evaluate import full_dataset_baseline
+
+    cfg = resolve_config(dataset, 1.0, profile, overrides or {})
+    ep = epochs if epochs is not None else cfg.get("full_epochs", 30)
+    path = Path(out_dir) / "runs" / dataset / f"full-{config_key(cfg)}-ep{ep:g}" / "result.json"
+    if path.exists() and not force:
+        return json.loads(path.read_text())
+    real = load_real(cfg, data_root)
+    r = full_dataset_baseline(
+        real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes), arch=cfg["arch"],
+        epochs=ep, augmentation=cfg["real_aug"], seed=cfg["seed"], device=device_name(device),
+        progress=progress_enabled(),
+        arch_kwargs={"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]},
+    )
+    result = {"tag": "full", "dataset": dataset, "profile": profile, "epochs": ep, "eval": r,
+              "config_key": config_key(cfg),
+              "command": f"podd evaluate --baseline full --dataset {dataset} --profile {profile}"}
+    atomic_write_json(path, result)
+    return result
+
+
+def save_table(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write a list of flat dicts as CSV atomically (for outputs/results)."""
+    import csv
+    import io
+
+    from .io import atomic_write_text
+
+    if not rows:
+        raise PoddError(f"no rows to write to {path}")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())

@@ -1,0 +1,98 @@
+"""Networks: shapes, instance norm = GroupNorm(C, C), vmap over stacked models, double backward."""
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from podd_lib.errors import PoddError
+from podd_lib.models import (ARCHS, ConvNet, InstanceNorm, fresh_params, is_vmappable,
+                             make_model, seed_from, seeded_model, stacked_fresh)
+
+
+@pytest.mark.parametrize("side,depth", [(32, 3), (64, 4)])
+def test_convnet_shapes_and_default_depth(side, depth):
+    net = make_model("convnet", 3, 10, (side, side), width=16)
+    assert len([m for m in net.modules() if isinstance(m, nn.Conv2d)]) == depth
+    assert net(torch.randn(2, 3, side, side)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("side", [32, 64])
+def test_every_arch_shapes(arch, side):
+    net = make_model(arch, 3, 7, side, width=8)
+    assert net(torch.randn(2, 3, side, side)).shape == (2, 7)
+
+
+def test_norm_and_pool_options():
+    for norm in ("instance", "batch", "none"):
+        for pool in ("avg", "max"):
+            net = make_model("convnet", 1, 4, (16, 16), width=8, norm=norm, pool=pool)
+            assert net(torch.randn(3, 1, 16, 16)).shape == (3, 4)
+    assert not is_vmappable(make_model("convnet", 3, 10, 32, width=8, norm="batch"))
+    assert is_vmappable(make_model("resnet18", 3, 10, 32))
+
+
+def test_bad_names_raise():
+    with pytest.raises(PoddError, match="unknown architecture"):
+        make_model("lenet", 3, 10, 32)
+    with pytest.raises(PoddError, match="unknown norm"):
+        make_model("convnet", 3, 10, 32, norm="layer")
+    with pytest.raises(PoddError, match="unknown pool"):
+        make_model("convnet", 3, 10, 32, pool="sum")
+    with pytest.raises(PoddError, match="too small"):
+        ConvNet(im_size=(4, 4), depth=3)
+
+
+def test_instance_norm_matches_groupnorm():
+    torch.manual_seed(0)
+    ours, ref = InstanceNorm(16), nn.GroupNorm(16, 16)
+    with torch.no_grad():
+        for m in (ours, ref):
+            m.weight.copy_(torch.linspace(0.5, 2.0, 16))
+            m.bias.copy_(torch.linspace(-1.0, 1.0, 16))
+    x = torch.randn(4, 16, 8, 8) * 3 + 1
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_vmap_over_stacked_models_equals_separate_forwards():
+    fn = lambda: ConvNet(3, 10, width=8, depth=3, im_size=(32, 32))  # noqa: E731
+    seeds = [1, 2, 3]
+    params, buffers = stacked_fresh(fn, seeds)
+    base = fn().to("meta")
+    x = torch.randn(3, 5, 3, 32, 32)
+    out = vmap(lambda p, b, xi: functional_call(base, (p, b), (xi,)))(params, buffers, x)
+    for k, s in enumerate(seeds):
+        torch.testing.assert_close(out[k], seeded_model(fn, s)(x[k]), atol=1e-5, rtol=1e-5)
+
+
+def test_double_backward_through_convnet():
+    net = ConvNet(3, 10, width=8, depth=3)
+    params = {k: v.detach().requires_grad_() for k, v in net.named_parameters()}
+    x = torch.randn(4, 3, 32, 32, requires_grad=True)
+    loss = functional_call(net, params, (x,)).logsumexp(-1).mean()
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    gnorm = sum(g.pow(2).sum() for g in grads)
+    (gx,) = torch.autograd.grad(gnorm, x)
+    assert gx.shape == x.shape and torch.isfinite(gx).all() and gx.abs().sum() > 0
+
+
+def test_fresh_params_reproducible_and_leaves_global_rng():
+    fn = lambda: ConvNet(3, 10, width=8, depth=2, im_size=(16, 16))  # noqa: E731
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a, b, c = fresh_params(fn, 7), fresh_params(fn, 7), fresh_params(fn, 8)
+    assert torch.rand(1) == before
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["features.0.weight"], c["features.0.weight"])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert seed_from(g1) == seed_from(g2)
+
+
+def test_instance_norm_second_derivatives_are_exact():
+    norm = InstanceNorm(2).double()
+    x = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    f = lambda x, w: functional_call(norm, {"weight": w, "bias": norm.bias}, (x,))  # noqa: E731
+    assert torch.autograd.gradgradcheck(f, (x, w))
