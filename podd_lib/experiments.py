@@ -35,6 +35,14 @@ def device_name(device: str = "auto") -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
+def set_flags(overrides: dict | None) -> str:
+    """' --set k=v ...' for a command line, each value in TOML syntax and shell-quoted."""
+    import shlex
+
+    return "".join(f" --set {shlex.quote(f'{k}={v if isinstance(v, str) else json.dumps(v)}')}"
+                   for k, v in (overrides or {}).items())
+
+
 def progress_enabled() -> bool:
     """tqdm bars on, except in CI."""
     return not os.environ.get("CI")
@@ -91,7 +99,8 @@ def distill_and_evaluate(
 
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
     geometry_from_config(cfg)  # bad geometry fails before any data is read
-    run_dir = Path(out_dir) / "runs" / dataset / f"{tag}-ipc{ipc:g}-{config_key(cfg)}"
+    # The folder depends on the config alone, so every notebook asking for the same run shares it.
+    run_dir = Path(out_dir) / "runs" / dataset / f"ipc{ipc:g}-{config_key(cfg)}"
     result_path = run_dir / "result.json"
     if result_path.exists() and not force:
         return json.loads(result_path.read_text())
@@ -117,9 +126,8 @@ def distill_and_evaluate(
         "label_kind": cfg["label_kind"], "steps": st.step,
         "seconds_per_step_median": statistics.median(step_secs) if step_secs else None,
         "seconds_distill_this_call": seconds, "eval": ev, "summary": summarize_eval(ev),
-        "command": f"podd distill --dataset {dataset} --ipc {ipc} --profile {profile} "
-        + " ".join(f"--set {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (overrides or {}).items())
-        + f" --out {run_dir} && podd evaluate {run_dir}",
+        "command": f"podd distill --dataset {dataset} --ipc {ipc} --profile {profile}{set_flags(overrides)} "
+        f"--out {run_dir} && podd evaluate {run_dir}",
         "config": cfg,
     }
     atomic_write_json(result_path, result)
@@ -142,7 +150,8 @@ def random_real_baseline(
     ev = evaluate_distilled(x, y, real, with_hard_labels=False, **_eval_kwargs(cfg, device_name(device)))
     result = {"tag": "random", "dataset": dataset, "ipc": ipc, "profile": profile, "n_images": int(x.shape[0]),
               "eval": ev, "summary": summarize_eval(ev), "config_key": config_key(cfg),
-              "command": f"podd evaluate --baseline random --dataset {dataset} --ipc {ipc} --profile {profile}"}
+              "command": f"podd evaluate --baseline random --dataset {dataset} --ipc {ipc} --profile {profile}"
+              f"{set_flags(overrides)}"}
     atomic_write_json(path, result)
     return result
 
@@ -168,7 +177,8 @@ def full_data_baseline(
     )
     result = {"tag": "full", "dataset": dataset, "profile": profile, "epochs": ep, "eval": r,
               "config_key": config_key(cfg),
-              "command": f"podd evaluate --baseline full --dataset {dataset} --profile {profile}"}
+              "command": f"podd evaluate --baseline full --dataset {dataset} --profile {profile} --epochs {ep:g}"
+              f"{set_flags(overrides)}"}
     atomic_write_json(path, result)
     return result
 

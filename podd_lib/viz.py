@@ -30,9 +30,6 @@ def poster_figure(
     title: str | None = None,
 ):
     """A matplotlib figure of the poster with its class grid (and optionally the patch grid)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 

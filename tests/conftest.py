@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
+
+# Test tensors are tiny: extra threads only add overhead (and, on a shared 2-core machine,
+# oversubscription). PODD_NUM_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("PODD_NUM_THREADS", "1")))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_ZIP = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"

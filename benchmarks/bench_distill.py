@@ -1,0 +1,140 @@
+"""Time the distiller's outer step, the evaluation, and patch/label extraction at named settings.
+
+    python benchmarks/bench_distill.py --setting cpu-bench            # the issue's CPU setting
+    python benchmarks/bench_distill.py --setting paper --device cuda  # CIFAR-10 paper settings
+    python benchmarks/bench_distill.py --setting smoke                # seconds; CI runs this
+
+Prints one JSON line per measured part: median seconds, steps per second, peak memory (CPU
+max RSS of this process, or CUDA max allocated). Data is random (timing does not depend on
+pixel values); warm-up steps are excluded from the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from podd_lib.config import resolve_config  # noqa: E402
+from podd_lib.distill import build_problem, initial_state  # noqa: E402
+from podd_lib.evaluate import train_and_test  # noqa: E402
+from podd_lib.poster import extract_patches  # noqa: E402
+from podd_lib.ratbptt import outer_step  # noqa: E402
+
+ORDER = [[9, 0, 2, 4, 3], [1, 8, 6, 7, 5]]
+
+# Named settings: config overrides on CIFAR-10 at 1 IPC (16x6 = 96 patches) plus bench sizes.
+SETTINGS = {
+    # The issue's CPU setting: width 128, bs_d 96, fixed curriculum of 10 plain steps, window 10, bs 500.
+    "cpu-bench": dict(over={"width": 128, "window": 10, "totwindow": 20, "bs": 500, "fixed_curriculum": 10},
+                      steps=3, warmup=1, eval_models=8, eval_steps=300, eval_width=128),
+    # The paper's CIFAR-10 settings (window 60, totwindow 200, bs 5000): for a GPU.
+    "paper": dict(over={}, steps=5, warmup=2, eval_models=8, eval_steps=300, eval_width=128),
+    # Seconds, for CI: proves the script runs; its numbers mean nothing.
+    "smoke": dict(over={"width": 8, "window": 2, "totwindow": 4, "bs": 32, "fixed_curriculum": 2},
+                  steps=2, warmup=1, eval_models=2, eval_steps=5, eval_width=8),
+}
+
+
+def peak_memory_gb(device: str) -> float:
+    """CUDA max allocated, or this process's max RSS, in GB."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+
+
+def timed(fn, device: str) -> float:
+    """Seconds for one call of fn (synchronising CUDA)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def report(part: str, setting: str, times: list[float], device: str, **extra) -> dict:
+    """One JSON line of results."""
+    med = statistics.median(times)
+    row = {"part": part, "setting": setting, "device": device, "median_s": round(med, 4),
+           "steps_per_s": round(1 / med, 4) if med > 0 else None, "runs": len(times),
+           "peak_mem_gb": round(peak_memory_gb(device), 3), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), **extra}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def bench_outer_step(setting: str, device: str, steps: int | None = None) -> dict:
+    """Median seconds of the RaT-BPTT outer step."""
+    s = SETTINGS[setting]
+    cfg = resolve_config("cifar10", 1.0, "paper", s["over"])
+    pb = build_problem(cfg, ORDER, 3, device)
+    st = initial_state(cfg, pb, 3, device)
+    n_real = max(cfg["bs"], 1000)
+    x = torch.randn(n_real, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (n_real,), device=device)
+    n = steps or s["steps"]
+    times = [timed(lambda: outer_step(st, pb.model, pb.labels, pb.geom, x, y, pb.settings), device)
+             for _ in range(s["warmup"] + n)][s["warmup"]:]
+    return report("outer_step", setting, times, device, width=cfg["width"], window=cfg["window"], bs=cfg["bs"],
+                  bs_d=cfg["bs_d"], curriculum=cfg.get("fixed_curriculum", "random"))
+
+
+def bench_evaluation(setting: str, device: str) -> dict:
+    """Seconds to train eval_models networks for eval_steps steps together (vmap) and one by one."""
+    s = SETTINGS[setting]
+    x = torch.randn(96, 3, 32, 32)
+    y = torch.softmax(torch.randn(96, 10), 1)
+    xt, yt = torch.randn(500, 3, 32, 32), torch.randint(0, 10, (500,))
+    kw = dict(num_models=s["eval_models"], steps=(s["eval_steps"],), bs_d=96, device=device, progress=False,
+              arch_kwargs={"width": s["eval_width"]})
+    together = timed(lambda: train_and_test(x, y, xt, yt, vectorize=True, **kw), device)
+    apart = timed(lambda: train_and_test(x, y, xt, yt, vectorize=False, **kw), device)
+    return report("evaluation", setting, [together], device, models=s["eval_models"], steps=s["eval_steps"],
+                  width=s["eval_width"], sequential_s=round(apart, 3), speedup_vs_sequential=round(apart / together, 3))
+
+
+def bench_extraction(setting: str, device: str, reps: int = 50) -> dict:
+    """Median seconds of extracting all patches and labels (forward and backward)."""
+    cfg = resolve_config("cifar10", 1.0, "paper", {**SETTINGS[setting]["over"], "labels": "learned"})
+    pb = build_problem(cfg, ORDER, 3, device)
+    poster = torch.randn(3, pb.geom.d_h, pb.geom.d_w, device=device, requires_grad=True)
+    Y = pb.labels.Y.to(device).requires_grad_(True)
+
+    def once() -> None:
+        out = extract_patches(poster, pb.geom).sum() + pb.labels(Y).sum()
+        out.backward()
+
+    times = [timed(once, device) for _ in range(reps + 3)][3:]
+    return report("extraction", setting, times, device, patches=pb.geom.n_patches)
+
+
+def main() -> None:
+    """Parse arguments and run the chosen parts."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--setting", choices=sorted(SETTINGS), default="cpu-bench")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--parts", default="extraction,outer_step,evaluation")
+    p.add_argument("--steps", type=int, default=None, help="timed outer steps (after warm-up)")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    parts = args.parts.split(",")
+    if "extraction" in parts:
+        bench_extraction(args.setting, args.device)
+    if "outer_step" in parts:
+        bench_outer_step(args.setting, args.device, args.steps)
+    if "evaluation" in parts:
+        bench_evaluation(args.setting, args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The `podd` command end to end: info, bad input, distill/evaluate/export on a tiny ImageFolder."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from podd_lib.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_cifar10_09(capsys):
+    code, out, _ = run(capsys, "info", "--dataset", "cifar10", "--ipc", "0.9")
+    info = json.loads(out)
+    assert code == 0
+    assert info["poster_height"] * info["poster_width"] <= 0.9 * 10 * 32 * 32
+    assert info["geometry"]["n_patches"] == 96
+    assert info["labels"]["labels"] == "fixed"
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--ipc", "0"], "IPC must be a positive"),
+        (["--ipc", "1", "--set", "class_grid=[5, 3]"], "class grid 5x3"),
+        (["--ipc", "1", "--patches", "2x6"], "leave gaps"),
+        (["--ipc", "0.05"], "smaller than one"),
+        (["--ipc", "1", "--set", "nope=1"], "unknown config key"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, msg):
+    code, out, err = run(capsys, "info", "--dataset", "cifar10", *argv)
+    assert code == 2 and msg in err and err.count("\n") == 1
+
+
+def test_unknown_dataset(capsys):
+    code, _, err = run(capsys, "info", "--dataset", "mnist", "--ipc", "1")
+    assert code == 2 and "unknown dataset" in err
+
+
+def make_folder(root, n_classes=4, per_class=6, size=32):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", 3)):
+        for c in range(n_classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = (rng.random((size, size, 3)) * 80 + c * 40).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return root
+
+
+def test_distill_evaluate_export_on_an_imagefolder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CI", "1")
+    folder = make_folder(tmp_path / "toy")
+    out = tmp_path / "run"
+    base = ["--dataset", f"imagefolder:{folder}", "--ipc", "1", "--profile", "smoke", "--order", "identity",
+            "--data-root", str(tmp_path), "--no-download", "--device", "cpu"]
+    code, _, err = run(capsys, "distill", *base, "--set", "bs=8", "--out", str(out))
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["class_grid"] == [2, 2] and cfg["patch_grid"] == [4, 4] and cfg["n_classes"] == 4
+    code, _, err = run(capsys, "distill", *base, "--set", "bs=8", "--out", str(out))
+    assert code == 2 and "--resume" in err  # never overwrites a run
+    code, printed, err = run(capsys, "evaluate", str(out), "--data-root", str(tmp_path), "--device", "cpu")
+    assert code == 0, err
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["protocol"]["num_models"] == 2 and "soft labels" in printed and ev["hard"] is not None
+    code, _, err = run(capsys, "export", str(out), "--format", "pt")
+    assert code == 0, err
+    d = torch.load(out / "export" / "distilled.pt", weights_only=False)
+    assert d["x"].shape == (16, 3, 32, 32) and d["y"].shape == (16, 4)
+    code, _, err = run(capsys, "export", str(out), "--format", "imagefolder", "--dest", str(tmp_path / "exp"))
+    assert code == 0, err
+    assert len(list((tmp_path / "exp").glob("*/*.png"))) == 16
+    assert (tmp_path / "exp" / "soft_labels.json").exists()
