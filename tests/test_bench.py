@@ -1,0 +1,22 @@
+"""The distillation benchmark runs in its smallest setting (a smoke test: no timing assertions)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_distill_smoke_prints_one_json_line_per_part():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_distill.py"), "--setting", "smoke"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env={"CI": "1", "PATH": "/usr/bin:/bin",
+                                                                   "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["part"] for r in rows] == ["extraction", "outer_step", "evaluation"]
+    for r in rows:
+        assert r["median_s"] > 0 and r["peak_mem_gb"] > 0 and r["setting"] == "smoke"
+    assert rows[2]["speedup_vs_sequential"] > 0
