@@ -23,6 +23,7 @@ interpolation, zero padding and align_corners=False (so a zero angle is the iden
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -59,12 +60,12 @@ def _check_images(x: Tensor) -> None:
 
 def _flat(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Let a (N, C, H, W) operation accept (K, B, C, H, W) by flattening the two leading axes."""
+    @functools.wraps(fn)
     def wrapped(x: Tensor, generator: Gen = None, **kw: float) -> Tensor:
         _check_images(x)
         if x.dim() == 5:
             return fn(x.flatten(0, 1), generator, **kw).view(x.shape)
         return fn(x, generator, **kw)
-    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
     return wrapped
 
 

@@ -229,7 +229,10 @@ def _train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
     init_seeds, g = eval_rng(seed, num_models)
     with torch.device("meta"):  # structure only; does not touch the global RNG
         base = model_fn()
-    vectorized = is_vmappable(base) if vectorize is None else bool(vectorize)
+    # vmap pays on a GPU; on the CPU it turns each conv into a grouped conv over strided tensors
+    # and measured 2.6x slower than a loop over models (benchmarks/bench_eval_vmap.py), so by
+    # default the K models are stacked only on CUDA. Both paths compute the same thing (tested).
+    vectorized = (is_vmappable(base) and device.type == "cuda") if vectorize is None else bool(vectorize)
     if vectorized and not is_vmappable(base):
         raise PoddError("this model has batch norm with running stats and cannot be vmapped; "
                         "use vectorize=None or False")

@@ -19,7 +19,7 @@ from .errors import PoddError
 from .io import atomic_write_json
 
 _DATA_CACHE: dict[tuple, object] = {}
-VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every")
+VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs")
 
 
 def config_key(cfg: dict) -> str:
@@ -164,7 +164,7 @@ def full_data_baseline(
     from .evaluate import full_dataset_baseline
 
     cfg = resolve_config(dataset, 1.0, profile, overrides or {})
-    ep = epochs if epochs is not None else cfg.get("full_epochs", 30)
+    ep = epochs if epochs is not None else cfg["full_epochs"]
     path = Path(out_dir) / "runs" / dataset / f"full-{config_key(cfg)}-ep{ep:g}" / "result.json"
     if path.exists() and not force:
         return json.loads(path.read_text())
