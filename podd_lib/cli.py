@@ -142,7 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         result = ev.evaluate_distilled(
             x, y, real, arch=args.arch or cfg["arch"], num_models=cfg["eval_models"], steps=tuple(cfg["eval_steps"]),
             bs_d=cfg["bs_d"], augmentation=cfg["syn_aug"], seed=cfg["seed"], arch_kwargs=arch_kwargs,
-            device=device, progress=_progress(),
+            device=device, progress=_progress(), with_hard_labels=bool(args.run),  # real images: already one-hot
         )
     result["what"] = what
     result["config"] = {k: cfg.get(k) for k in ("dataset", "ipc", "profile", "zca", "width", "arch")}
