@@ -74,7 +74,7 @@ def sample_curriculum(s: RatBpttSettings, gen: torch.Generator) -> int:
     return int(torch.randint(s.minwindow, hi + 1, (1,), generator=gen, device=gen.device).item())
 
 
-def fresh_params(model: nn.Module, gen: torch.Generator) -> Params:
+def reinit_params(model: nn.Module, gen: torch.Generator) -> Params:
     """A fresh random initialisation of `model`'s parameters, drawn reproducibly from gen."""
     seed = seed_from(gen)
     devices = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else []
@@ -173,7 +173,7 @@ def outer_step(
     s: RatBpttSettings,
 ) -> dict:
     """One RaT-BPTT outer step on the poster (and Y); returns loss, grad norm and curriculum c."""
-    params = fresh_params(model, st.gen)
+    params = reinit_params(model, st.gen)
     state = adam_init({k: p.detach() for k, p in params.items()})
     c = sample_curriculum(s, st.gen)
     params, state = inner_steps(model, params, state, st.poster, st.Y, labels, geom, s, c, st.gen, False)
