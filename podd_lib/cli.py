@@ -114,8 +114,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             cfg["eval_models"] = args.models
         if args.eval_steps:
             cfg["eval_steps"] = [int(s) for s in args.eval_steps.split(",")]
-        for k, v in __import__("podd_lib.config", fromlist=["parse_sets"]).parse_sets(args.set).items():
-            cfg[k] = v
+        from .config import parse_sets
+
+        cfg.update(parse_sets(args.set))
         real = _load_real(cfg, args)
         x, y, what = run["x"], run["y"], f"poster {args.run}"
         out = Path(args.out) if args.out else Path(args.run) / "eval.json"
