@@ -40,7 +40,12 @@ def base_config(dataset: str) -> dict:
         cfg["dataset"] = dataset
     else:
         raise PoddError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)} or imagefolder:PATH")
-    return cfg
+    return {**algorithm_defaults(), **cfg}
+
+
+def algorithm_defaults() -> dict:
+    """The algorithm settings every dataset shares (configs/algorithms.toml)."""
+    return _read_toml("algorithms.toml")
 
 
 def profile_overrides(profile: str, dataset: str) -> dict:
@@ -105,8 +110,25 @@ def resolve_config(
     return derive(cfg)
 
 
+ALGORITHMS = ("ratbptt", "mtt", "dm", "dc")
+SAMPLINGS = ("random", "dream")
+INITS = ("normal", "class_areas", "real", "dream")
+
+
+def check_algorithm(cfg: dict) -> None:
+    """Unknown algorithm, sampling or init names fail in one line, before any data is read."""
+    for key, allowed in (("algorithm", ALGORITHMS), ("sampling", SAMPLINGS), ("init", INITS)):
+        if cfg[key] not in allowed:
+            raise PoddError(f"unknown {key} {cfg[key]!r}; choose one of {', '.join(allowed)}")
+    if cfg["algorithm"] == "mtt" and cfg["sampling"] != "random":
+        raise PoddError("MTT matches expert trajectories and draws no real batches; DREAM sampling does not apply")
+
+
 def derive(cfg: dict) -> dict:
     """Fill in class/patch grids, poster size, label kind and step count from the rest."""
+    if cfg.get("init") == "noise":  # the CLI's name for the paper's N(0, 1) init
+        cfg["init"] = "normal"
+    check_algorithm(cfg)
     n = cfg["n_classes"]
     if n and cfg["class_grid"] == "auto":
         cfg["class_grid"] = auto_class_grid(n)

@@ -24,9 +24,10 @@ from .config import derive
 from .errors import PoddError
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .models import make_model
+from .algorithm import OuterSettings, RealSampler, outer_step
 from .poddl import PosterLabels
-from .poster import PosterGeometry, init_poster, make_geometry
-from .ratbptt import OuterState, RatBpttSettings, make_outer_state, outer_step
+from .poster import PosterGeometry, init_from_images, init_poster, make_geometry
+from .ratbptt import OuterState, RatBptt, RatBpttSettings, make_outer_state, reinit_params
 
 METRIC_FIELDS = ("step", "loss", "grad_norm", "curriculum", "seconds")
 
@@ -76,31 +77,115 @@ def model_for(cfg: dict, channels: int, device: str | torch.device = "cpu") -> t
 
 @dataclass
 class Problem:
-    """Everything fixed for the whole distillation: geometry, order, labels, network, settings."""
+    """Everything fixed for the whole distillation: geometry, order, labels, network, settings, algorithm."""
 
     geom: PosterGeometry
     order: list[list[int]]
     labels: PosterLabels
     model: torch.nn.Module
     settings: RatBpttSettings
+    algo: object = None
+    outer: OuterSettings | None = None
 
 
-def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str = "cpu") -> Problem:
+def experts_root(cfg: dict) -> str:
+    """Where MTT's experts are cached: cfg experts_root, else $PODD_EXPERTS, else ./outputs/experts."""
+    return cfg.get("experts_root") or os.environ.get("PODD_EXPERTS") or "outputs/experts"
+
+
+def make_algorithm(cfg: dict, model: torch.nn.Module, s: RatBpttSettings, real=None, device: str = "cpu",
+                   progress: bool = False):
+    """The config's distillation algorithm (MTT loads or trains its experts from the real data)."""
+    name = cfg["algorithm"]
+    if name == "ratbptt":
+        return RatBptt(model, s)
+    if name == "dm":
+        from .dm import DistributionMatching, DMSettings
+
+        return DistributionMatching(model, DMSettings(cfg["real_per_class"], s.bs_d, s.syn_aug))
+    if name == "dc":
+        from .dc import DCSettings, GradientMatching
+
+        return GradientMatching(model, DCSettings(cfg["real_per_class"], s.bs_d, s.syn_aug))
+    if name == "mtt":
+        from .mtt import MTTSettings, TrajectoryMatching, experts_dir, load_or_train_experts
+
+        ms = MTTSettings(cfg["syn_steps"], cfg["expert_epochs"], cfg["max_start_epoch"], cfg["syn_lr"], cfg["lr_lr"],
+                         s.bs_d, s.syn_aug)
+        if real is None:
+            raise PoddError("MTT needs the real data to load or train its experts")
+        es = expert_settings(cfg)
+        folder = experts_dir(cfg, es, experts_root(cfg))
+        experts = load_or_train_experts(model, real.x_train.to(device), real.y_train.to(device), es, folder, progress)
+        return TrajectoryMatching(model, ms, experts)
+    raise PoddError(f"unknown algorithm {name!r}")
+
+
+def expert_settings(cfg: dict):
+    """MTT's expert-training settings from a config (T = max_start_epoch + expert_epochs epochs)."""
+    from .mtt import ExpertSettings
+
+    return ExpertSettings(cfg["n_experts"], cfg["max_start_epoch"] + cfg["expert_epochs"], cfg["lr_teacher"],
+                          cfg["expert_bs"], cfg["expert_aug"], int(cfg["seed"]))
+
+
+def make_sampler(cfg: dict, x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int) -> RealSampler:
+    """Random real batches, or DREAM's representatives."""
+    if cfg["sampling"] == "dream":
+        from .dream import DreamSampler
+
+        return DreamSampler(x_train, y_train, n_classes, cfg["dream_interval"], cfg["dream_pool"], cfg["dream_iters"])
+    return RealSampler(x_train, y_train, n_classes)
+
+
+def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str = "cpu", real=None,
+                  progress: bool = False) -> Problem:
     """Assemble the fixed parts of a distillation."""
     geom = geometry_from_config(cfg)
     labels = PosterLabels(order, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"])
     if labels.table is not None:
         labels.table = labels.table.to(device)
-    return Problem(geom, order, labels, model_for(cfg, channels, device), settings_from_config(cfg))
+    model = model_for(cfg, channels, device)
+    s = settings_from_config(cfg)
+    outer = OuterSettings(lr=s.lr, clip_ema=s.clip_ema, clip_factor=s.clip_factor)
+    algo = make_algorithm(cfg, model, s, real, device, progress) if (real is not None or cfg["algorithm"] != "mtt") else None
+    return Problem(geom, order, labels, model, s, algo, outer)
 
 
-def initial_state(cfg: dict, pb: Problem, channels: int, device: str = "cpu") -> OuterState:
-    """A fresh poster, Y and outer optimiser, all seeded by cfg['seed']."""
+def initial_poster(cfg: dict, pb: Problem, channels: int, real=None) -> torch.Tensor:
+    """The poster before distillation: N(0, 1) (paper), class areas (release), real or DREAM images."""
+    seed = int(cfg["seed"])
+    if cfg["init"] in ("real", "dream"):
+        if real is None:
+            raise PoddError(f"init {cfg['init']!r} needs the real data")
+        gen = torch.Generator().manual_seed(seed)
+        x, y = real.x_train, real.y_train
+        if cfg["init"] == "real":  # one random training image per class
+            picks = [int(ix[torch.randint(ix.numel(), (1,), generator=gen)])
+                     for ix in (torch.nonzero(y == c).flatten() for c in range(pb.geom.n_classes))]
+            images = x[torch.tensor(picks)]
+        else:  # DREAM: the image nearest each class's centre in a fresh network's features
+            from .algorithm import embed
+            from .dream import class_representatives
+
+            dev = next(pb.model.parameters()).device
+            params = {k: p.detach() for k, p in reinit_params(pb.model, gen).items()}
+            with torch.no_grad():
+                images = class_representatives(x, y, pb.geom.n_classes,
+                                               lambda b: embed(pb.model, params, b.to(dev)).cpu(), gen,
+                                               cfg["dream_iters"])
+        return init_from_images(pb.geom, images.cpu(), pb.order)
+    return init_poster(pb.geom, channels, cfg["init"], pb.order, generator=torch.Generator().manual_seed(seed))
+
+
+def initial_state(cfg: dict, pb: Problem, channels: int, device: str = "cpu", real=None) -> OuterState:
+    """A fresh poster, Y and outer optimiser (and the algorithm's own leaves), all seeded by cfg['seed']."""
     gen = torch.Generator(device=device)
     gen.manual_seed(int(cfg["seed"]))
-    poster = init_poster(pb.geom, channels, cfg["init"], pb.order, generator=torch.Generator().manual_seed(int(cfg["seed"])))
+    poster = initial_poster(cfg, pb, channels, real)
     Y = pb.labels.Y.clone() if pb.labels.learned else None
-    return make_outer_state(poster.to(device), None if Y is None else Y.to(device), pb.settings, gen)
+    extras = pb.algo.extra_leaves() if pb.algo is not None else []
+    return make_outer_state(poster.to(device), None if Y is None else Y.to(device), pb.settings, gen, extras)
 
 
 def checkpoint_dict(st: OuterState) -> dict:
@@ -114,6 +199,7 @@ def checkpoint_dict(st: OuterState) -> dict:
         "gen_state": st.gen.get_state(),
         "gen_device": str(st.gen.device),
         "history": list(st.history),
+        "extras": {k: v.detach().cpu() for k, v in st.extras.items()},
     }
 
 
@@ -123,6 +209,8 @@ def restore_state(st: OuterState, ck: dict) -> OuterState:
         st.poster.copy_(ck["poster"].to(st.poster.device))
         if st.Y is not None:
             st.Y.copy_(ck["Y"].to(st.Y.device))
+        for k, v in ck.get("extras", {}).items():
+            st.extras[k].copy_(v.to(st.extras[k].device))
     st.opt.load_state_dict(ck["opt"])
     st.ema, st.step, st.history = ck["ema"], ck["step"], list(ck["history"])
     st.gen.set_state(ck["gen_state"])
@@ -132,14 +220,16 @@ def restore_state(st: OuterState, ck: dict) -> OuterState:
 def metrics_csv(history: list[dict]) -> str:
     """The per-step metrics as CSV text."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    extra = [k for row in history for k in row if k not in METRIC_FIELDS]
+    fields = list(METRIC_FIELDS) + list(dict.fromkeys(extra))  # an algorithm's own columns (MTT: syn_lr, ...)
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(history)
     return buf.getvalue()
 
 
 COMPARED_KEYS = ("dataset", "ipc", "class_grid", "patch_grid", "poster_size", "label_kind", "init", "seed", "arch",
-                 "width", "depth", "window", "totwindow", "bs_d", "bs", "order")
+                 "width", "depth", "window", "totwindow", "bs_d", "bs", "order", "algorithm", "sampling")
 
 
 def _check_resumable(cfg: dict, old: dict) -> None:
@@ -169,12 +259,13 @@ def distill(
 
         _check_resumable(cfg, json.loads((out / "config.json").read_text()))
     channels = real.x_train.shape[1]
-    pb = build_problem(cfg, order, channels, device)
-    st = initial_state(cfg, pb, channels, device)
+    pb = build_problem(cfg, order, channels, device, real, progress)
+    st = initial_state(cfg, pb, channels, device, real)
     if resume and ck_path.exists():
         st = restore_state(st, torch.load(ck_path, map_location="cpu", weights_only=False))
     atomic_write_json(out / "config.json", {**cfg, "order_grid": order, "geometry": pb.geom.to_dict()})
     x_train, y_train = real.x_train.to(device), real.y_train.to(device)
+    sampler = make_sampler(cfg, x_train, y_train, pb.geom.n_classes)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg["steps"], initial=st.step, desc="distill", disable=not progress or bool(os.environ.get("CI")))
@@ -182,7 +273,7 @@ def distill(
     while st.step < cfg["steps"]:
         t0 = time.perf_counter()
         try:
-            row = outer_step(st, pb.model, pb.labels, pb.geom, x_train, y_train, pb.settings)
+            row = outer_step(st, pb.algo, pb.labels, pb.geom, sampler, pb.outer)
         except FloatingPointError as e:
             where = f"{ck_path} (step {last_good})" if last_good is not None else "none was written yet"
             raise PoddError(f"{e}; stopped; last good checkpoint: {where}") from None

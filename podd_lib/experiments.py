@@ -19,12 +19,21 @@ from .errors import PoddError
 from .io import atomic_write_json
 
 _DATA_CACHE: dict[tuple, object] = {}
-VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs")
+VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs",
+            "experts_root")
 
 
 def config_key(cfg: dict) -> str:
-    """A short hash of everything that changes a result."""
-    stable = {k: v for k, v in sorted(cfg.items()) if k not in VOLATILE}
+    """A short hash of everything that changes a result.
+
+    Algorithm settings left at their defaults (configs/algorithms.toml) are not hashed, so adding
+    such a setting keeps every earlier RaT-BPTT run's key (and its cached result).
+    """
+    from .config import algorithm_defaults
+
+    defaults = algorithm_defaults()
+    stable = {k: v for k, v in sorted(cfg.items())
+              if k not in VOLATILE and not (k in defaults and v == defaults[k])}
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -94,8 +94,10 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * (h >> depth) * (w >> depth), num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x).flatten(1))
+    def forward(self, x: Tensor, embed: bool = False) -> Tensor:
+        """Logits, or with embed=True the flattened features before the classifier (DM, DREAM)."""
+        z = self.features(x).flatten(1)
+        return z if embed else self.classifier(z)
 
 
 class BasicBlock(nn.Module):
@@ -134,8 +136,10 @@ class ResNet18(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.classifier = nn.Linear(c_in, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.blocks(self.stem(x)).mean(dim=(-2, -1)))
+    def forward(self, x: Tensor, embed: bool = False) -> Tensor:
+        """Logits, or with embed=True the pooled features before the classifier."""
+        z = self.blocks(self.stem(x)).mean(dim=(-2, -1))
+        return z if embed else self.classifier(z)
 
 
 _VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -162,8 +166,10 @@ class VGG11(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c_in * (h >> 5) * (w >> 5), num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x).flatten(1))
+    def forward(self, x: Tensor, embed: bool = False) -> Tensor:
+        """Logits, or with embed=True the flattened features before the classifier (DM, DREAM)."""
+        z = self.features(x).flatten(1)
+        return z if embed else self.classifier(z)
 
 
 class AlexNet(nn.Module):
@@ -189,8 +195,10 @@ class AlexNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c_in * h * w, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x).flatten(1))
+    def forward(self, x: Tensor, embed: bool = False) -> Tensor:
+        """Logits, or with embed=True the flattened features before the classifier (DM, DREAM)."""
+        z = self.features(x).flatten(1)
+        return z if embed else self.classifier(z)
 
 
 def default_depth(im_size: tuple[int, int]) -> int:

@@ -253,24 +253,41 @@ def init_class_areas(
     Class means ~ N(0, I); each area = mean + std * N(0, I) with std = (min distance between
     means) / 4; each area scaled to unit L2 norm; overlaps cross-fade linearly.
     """
-    ys, xs, a_h, a_w = class_area_boxes(geom)
+    _, _, a_h, a_w = class_area_boxes(geom)
     n = geom.n_classes
     means = torch.randn(n, channels * a_h * a_w, generator=generator)
     dist = torch.cdist(means, means).masked_fill(torch.eye(n, dtype=torch.bool), float("inf"))
     std = dist.min() / 4 if n > 1 else torch.tensor(1.0)
     areas = means + std * torch.randn(n, channels * a_h * a_w, generator=generator)
     areas = (areas / areas.norm(dim=1, keepdim=True)).view(n, channels, a_h, a_w)
+    return blend_areas(geom, areas, order)
+
+
+def blend_areas(geom: PosterGeometry, areas: Tensor, order: list[list[int]]) -> Tensor:
+    """Place each class's (C, a_h, a_w) area in its cell of the class grid; overlaps cross-fade linearly."""
+    ys, xs, a_h, a_w = class_area_boxes(geom)
+    channels = areas.shape[1]
     cls = torch.tensor(order, dtype=torch.long)  # (o_y, o_x) class of each cell
     wy = _area_profile(ys, a_h, geom.d_h)  # (o_y, d_h)
     wx = _area_profile(xs, a_w, geom.d_w)  # (o_x, d_w)
     # Place every cell's area on a full-size canvas, weight it, and normalise the weights.
-    canvas = torch.zeros(geom.o_y, geom.o_x, channels, geom.d_h, geom.d_w)
+    canvas = torch.zeros(geom.o_y, geom.o_x, channels, geom.d_h, geom.d_w, dtype=areas.dtype)
     for r, y in enumerate(ys):  # o_y * o_x cells: one per class
         for c, x in enumerate(xs):
             canvas[r, c, :, y : y + a_h, x : x + a_w] = areas[cls[r, c]]
     weight = wy[:, None, None, :, None] * wx[None, :, None, None, :]  # (o_y, o_x, 1, d_h, d_w)
-    poster = (canvas * weight).sum((0, 1)) / weight.sum((0, 1)).clamp_min(1e-12)
-    return poster
+    return (canvas * weight).sum((0, 1)) / weight.sum((0, 1)).clamp_min(1e-12)
+
+
+def init_from_images(geom: PosterGeometry, images: Tensor, order: list[list[int]]) -> Tensor:
+    """Real-image initialisation: class k's image (n, C, h, w) resized to its class area, cross-faded."""
+    if images.shape[0] != geom.n_classes:
+        raise PoddError(f"need one image per class ({geom.n_classes}), got {images.shape[0]}")
+    _, _, a_h, a_w = class_area_boxes(geom)
+    areas = images.float()
+    if (a_h, a_w) != tuple(images.shape[-2:]):
+        areas = torch.nn.functional.interpolate(areas, size=(a_h, a_w), mode="bilinear", align_corners=False)
+    return blend_areas(geom, areas, order)
 
 
 def init_poster(

@@ -25,11 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .algorithm import OuterSettings, RealSampler, SyntheticSet, embed
+from .algorithm import clip_by_ema as _clip_by_ema
+from .algorithm import outer_step as generic_outer_step
 from .augment import augment
 from .errors import PoddError
 from .optim import AdamState, Params, adam_init, adam_step, detach_state
 from .models import seed_from
-from .poddl import PosterLabels, clip_labels_
+from .poddl import PosterLabels
 from .poster import PosterGeometry, extract_patches
 
 
@@ -139,28 +142,63 @@ class OuterState:
     ema: float | None = None
     step: int = 0
     history: list[dict] = field(default_factory=list)
+    extras: dict[str, Tensor] = field(default_factory=dict)  # an algorithm's own leaves (MTT's step size)
 
 
-def make_outer_state(poster: Tensor, Y: Tensor | None, s: RatBpttSettings, gen: torch.Generator) -> OuterState:
-    """Wrap poster and Y as leaves and build the outer Adam (betas 0.9/0.999, eps 1e-8, no decay)."""
+def make_outer_state(
+    poster: Tensor, Y: Tensor | None, s: RatBpttSettings, gen: torch.Generator,
+    extra_leaves: list[tuple[str, Tensor, float]] = (),
+) -> OuterState:
+    """Wrap poster and Y as leaves and build the outer Adam (betas 0.9/0.999, eps 1e-8, no decay).
+
+    extra_leaves: (name, tensor, lr) of an algorithm's own learnable tensors, each its own group.
+    """
     poster = poster.detach().clone().requires_grad_(True)
     leaves = [poster]
     if Y is not None:
         Y = Y.detach().clone().requires_grad_(True)
         leaves.append(Y)
-    opt = torch.optim.Adam(leaves, lr=s.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    return OuterState(poster, Y, opt, gen)
+    groups = [{"params": leaves, "lr": s.lr}] + [{"params": [t], "lr": lr} for _, t, lr in extra_leaves]
+    opt = torch.optim.Adam(groups, lr=s.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    return OuterState(poster, Y, opt, gen, extras={name: t for name, t, _ in extra_leaves})
 
 
 def clip_by_ema(grad: Tensor, ema: float | None, s: RatBpttSettings) -> tuple[float, float]:
     """Clip grad in place to clip_factor x EMA of past norms; return (norm before clipping, new EMA)."""
-    norm = float(grad.norm())
-    if ema is None:
-        ema = norm
-    limit = s.clip_factor * ema
-    if norm > limit > 0:
-        grad.mul_(limit / norm)
-    return norm, s.clip_ema * ema + (1 - s.clip_ema) * norm
+    return _clip_by_ema(grad, ema, s.clip_ema, s.clip_factor)
+
+
+class RatBptt:
+    """RaT-BPTT as a distillation algorithm (the paper's choice): steps 1-4 of the outer step above."""
+
+    name = "ratbptt"
+
+    def __init__(self, model: nn.Module, s: RatBpttSettings):
+        self.model, self.s = model, s
+
+    def extra_leaves(self) -> list[tuple[str, Tensor, float]]:
+        """RaT-BPTT learns nothing besides poster and Y."""
+        return []
+
+    def meta_loss(self, syn: SyntheticSet, real: RealSampler, gen: torch.Generator, step: int) -> tuple[Tensor, dict]:
+        """Unroll a fresh network on patches (c plain + window differentiable steps); loss on a real batch."""
+        s, model = self.s, self.model
+        params = reinit_params(model, gen)
+        state = adam_init({k: p.detach() for k, p in params.items()})
+        c = sample_curriculum(s, gen)
+        params, state = inner_steps(model, params, state, syn.poster, syn.Y, syn.labels, syn.geom, s, c, gen, False)
+        params, state = inner_steps(model, params, state, syn.poster, syn.Y, syn.labels, syn.geom, s, s.window, gen,
+                                    True)
+        detached = {k: p.detach() for k, p in params.items()}
+
+        def features(x: Tensor) -> Tensor:
+            with torch.no_grad():
+                return embed(model, detached, x)
+
+        xr, yr = real.batch(s.bs, gen, features, step)
+        xr = augment(xr, s.real_aug, gen)
+        loss = F.cross_entropy(functional_call(model, params, (xr,)), yr)
+        return loss, {"curriculum": c}
 
 
 def outer_step(
@@ -173,23 +211,6 @@ def outer_step(
     s: RatBpttSettings,
 ) -> dict:
     """One RaT-BPTT outer step on the poster (and Y); returns loss, grad norm and curriculum c."""
-    params = reinit_params(model, st.gen)
-    state = adam_init({k: p.detach() for k, p in params.items()})
-    c = sample_curriculum(s, st.gen)
-    params, state = inner_steps(model, params, state, st.poster, st.Y, labels, geom, s, c, st.gen, False)
-    params, state = inner_steps(model, params, state, st.poster, st.Y, labels, geom, s, s.window, st.gen, True)
-    xr, yr = real_batch(x_train, y_train, s.bs, st.gen)
-    xr = augment(xr, s.real_aug, st.gen)
-    loss = F.cross_entropy(functional_call(model, params, (xr,)), yr)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {float(loss.detach())} at outer step {st.step + 1}")
-    st.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    norm, st.ema = clip_by_ema(st.poster.grad, st.ema, s)
-    if not math.isfinite(norm):
-        raise FloatingPointError(f"non-finite poster gradient at outer step {st.step + 1}")
-    st.opt.step()
-    if st.Y is not None:
-        clip_labels_(st.Y)
-    st.step += 1
-    return {"step": st.step, "loss": float(loss.detach()), "grad_norm": norm, "curriculum": c}
+    real = RealSampler(x_train, y_train, geom.n_classes)
+    outer = OuterSettings(lr=s.lr, clip_ema=s.clip_ema, clip_factor=s.clip_factor)
+    return generic_outer_step(st, RatBptt(model, s), labels, geom, real, outer)

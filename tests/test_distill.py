@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import podd_lib.ratbptt as ratbptt
+from podd_lib.algorithm import RealSampler
 from podd_lib.config import parse_sets, resolve_config
 from podd_lib.distill import distill, load_run
 from podd_lib.errors import PoddError
@@ -62,15 +62,15 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_cfg(steps=5)
-    real_batch = ratbptt.real_batch
+    real_batch = RealSampler.batch
     calls = {"n": 0}
 
-    def poisoned(x, y, bs, gen):
+    def poisoned(self, bs, gen, features=None, step=0):
         calls["n"] += 1
-        xb, yb = real_batch(x, y, bs, gen)
+        xb, yb = real_batch(self, bs, gen, features, step)
         return (xb * float("nan"), yb) if calls["n"] == 3 else (xb, yb)
 
-    monkeypatch.setattr(ratbptt, "real_batch", poisoned)
+    monkeypatch.setattr(RealSampler, "batch", poisoned)
     with pytest.raises(PoddError, match=r"outer step 3.*step 2\)") as e:
         distill(cfg, fake_real(), ORDER, tmp_path / "r", progress=False)
     assert "\n" not in str(e.value)

@@ -1,0 +1,159 @@
+"""Algorithm 1's input "distillation algorithm": what every algorithm sees, and the shared outer step.
+
+    P ~ N(0, 1); O <- PoCO(C); Y <- PoDDL(O, p)
+    for each distillation step: P, Y <- ALGORITHM(D, patches and labels of (P, Y))
+
+An algorithm sees the synthetic set only as a `SyntheticSet`: p patches with soft labels, cut
+differentiably from a poster. The tiling is a poster whose patches do not overlap, so every
+algorithm runs on posters and on ordinary images alike. It sees the real data only through a
+`RealSampler` (random batches, or DREAM's representative ones, `podd_lib.dream`).
+
+An algorithm is an object with
+    name: str
+    extra_leaves() -> list[(name, tensor, lr)]   learnable tensors besides poster and Y (MTT's step size)
+    meta_loss(syn, real, gen, step) -> (loss, info)   differentiable in poster, Y and the extra leaves
+and `outer_step` does the rest the same way for all of them: backpropagate, clip the poster
+gradient to 2 x an EMA of its norm, Adam on poster, Y and extras, clip Y at 0 (paper section 4.3).
+The original DM/DC/MTT update their images with SGD at method-specific learning rates; sharing
+PoDD's outer Adam makes the comparison one of objectives at equal outer steps (notebook 07).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .errors import PoddError
+from .poddl import PosterLabels, clip_labels_
+from .poster import PosterGeometry, extract_patches
+
+ALGORITHMS = ("ratbptt", "mtt", "dm", "dc")
+Features = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class SyntheticSet:
+    """The synthetic set as an algorithm sees it: p patches of a poster and their soft labels."""
+
+    poster: Tensor
+    Y: Tensor | None
+    labels: PosterLabels
+    geom: PosterGeometry
+
+    @property
+    def n(self) -> int:
+        """Number of patches p."""
+        return self.geom.n_patches
+
+    def batch(self, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Patches at idx (all when None) and their (B, n_classes) labels; differentiable."""
+        return extract_patches(self.poster, self.geom, idx), self.labels(self.Y, idx)
+
+    def sample(self, bs_d: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A random batch of min(bs_d, p) distinct patches and their labels."""
+        idx = torch.randperm(self.n, generator=gen, device=gen.device)[:bs_d].to(self.poster.device)
+        return self.batch(idx)
+
+
+class RealSampler:
+    """Random real batches: over all classes, or within one class (DM and DC match per class)."""
+
+    def __init__(self, x: Tensor, y: Tensor, n_classes: int):
+        self.x, self.y, self.n_classes = x, y, n_classes
+        self._by_class: list[Tensor] | None = None
+
+    @property
+    def by_class(self) -> list[Tensor]:
+        """Indices of each class's images (built on first use; a class without images fails)."""
+        if self._by_class is None:
+            self._by_class = [torch.nonzero(self.y == c).flatten() for c in range(self.n_classes)]
+            empty = [c for c, ix in enumerate(self._by_class) if ix.numel() == 0]
+            if empty:
+                raise PoddError(f"class {empty[0]} has no training images; every class needs at least one")
+        return self._by_class
+
+    def batch(self, bs: int, gen: torch.Generator, features: Features | None = None, step: int = 0
+              ) -> tuple[Tensor, Tensor]:
+        """bs distinct random images (all when bs >= N) and their integer labels."""
+        idx = torch.randperm(self.x.shape[0], generator=gen, device=gen.device)[:bs].to(self.x.device)
+        return self.x[idx], self.y[idx]
+
+    def class_batch(self, c: int, n: int, gen: torch.Generator, features: Features | None = None,
+                    step: int = 0) -> Tensor:
+        """n distinct random images of class c (all of them when the class is smaller)."""
+        pool = self.by_class[c]
+        pick = torch.randperm(pool.numel(), generator=gen, device=gen.device)[:n].to(pool.device)
+        return self.x[pool[pick]]
+
+
+class Algorithm(Protocol):
+    """What `outer_step` needs of a distillation algorithm."""
+
+    name: str
+
+    def extra_leaves(self) -> list[tuple[str, Tensor, float]]: ...
+
+    def meta_loss(self, syn: SyntheticSet, real: RealSampler, gen: torch.Generator, step: int
+                  ) -> tuple[Tensor, dict]: ...
+
+
+def embed(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """The network's features before its classifier, under params (DM, DREAM)."""
+    return functional_call(model, params, (x,), {"embed": True})
+
+
+@dataclass
+class OuterSettings:
+    """The outer loop shared by every algorithm (paper 4.3 / the release)."""
+
+    lr: float = 1e-3
+    clip_ema: float = 0.9
+    clip_factor: float = 2.0
+
+
+def clip_by_ema(grad: Tensor, ema: float | None, clip_ema: float, clip_factor: float) -> tuple[float, float]:
+    """Clip grad in place to clip_factor x EMA of past norms; return (norm before clipping, new EMA)."""
+    norm = float(grad.norm())
+    if ema is None:
+        ema = norm
+    limit = clip_factor * ema
+    if norm > limit > 0:
+        grad.mul_(limit / norm)
+    return norm, clip_ema * ema + (1 - clip_ema) * norm
+
+
+def check_finite(loss: Tensor, step: int) -> None:
+    """Stop on a NaN or infinite loss, naming the step (the distill loop keeps the last checkpoint)."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {float(loss.detach())} at outer step {step}")
+
+
+def apply_outer_update(st, loss: Tensor, clip_ema: float, clip_factor: float) -> float:
+    """Backpropagate loss into poster/Y/extras, clip the poster gradient, step Adam, clip Y; returns the norm."""
+    st.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if st.poster.grad is None:
+        raise PoddError("the algorithm's loss does not depend on the poster")
+    norm, st.ema = clip_by_ema(st.poster.grad, st.ema, clip_ema, clip_factor)
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"non-finite poster gradient at outer step {st.step + 1}")
+    st.opt.step()
+    if st.Y is not None:
+        clip_labels_(st.Y)
+    st.step += 1
+    return norm
+
+
+def outer_step(st, algo: Algorithm, labels: PosterLabels, geom: PosterGeometry, real: RealSampler,
+               outer: OuterSettings) -> dict:
+    """One distillation step of any algorithm on the poster (and Y, and the algorithm's extras)."""
+    syn = SyntheticSet(st.poster, st.Y, labels, geom)
+    loss, info = algo.meta_loss(syn, real, st.gen, st.step)
+    check_finite(loss, st.step + 1)
+    norm = apply_outer_update(st, loss, outer.clip_ema, outer.clip_factor)
+    return {"step": st.step, "loss": float(loss.detach()), "grad_norm": norm, **info}

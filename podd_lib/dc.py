@@ -1,0 +1,95 @@
+"""Gradient matching (DC, Zhao et al. 2021; DSA with siamese augmentation) on poster patches.
+
+Per outer step a freshly initialised network; for each class c the training gradient of a real
+batch of class c is matched with the gradient of the patches that carry class c, each patch
+weighted by its label mass y_ic and trained on its own soft label:
+
+    g_real_c = grad_theta CE(f(A(x_real_c)), c)
+    g_syn_c  = grad_theta sum_i y_ic CE_soft(f(A(x_i)), y_i) / sum_i y_ic
+    L_DC     = sum_c sum_layers D(g_real_c, g_syn_c)
+
+D is DC's layer-wise distance: each weight gradient is reshaped to (out, -1) and the distance is
+sum_out (1 - cos); bias and norm vectors (1-D) are skipped, as in DC. With one-hot labels this
+is DC/DSA at one inner loop, their setting for 1 image per class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .algorithm import RealSampler, SyntheticSet, embed
+from .dm import siamese_augment
+from .models import seed_from
+from .ratbptt import reinit_params
+
+
+def layer_distance(g_real: Tensor, g_syn: Tensor) -> Tensor:
+    """DC's distance of one parameter's gradients: sum over output units of 1 - cos; 0 for 1-D tensors."""
+    if g_real.dim() == 1:
+        return g_real.new_zeros(())
+    a, b = g_real.flatten(1), g_syn.flatten(1)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-6)
+    return (1 - cos).sum()
+
+
+def match_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
+    """Sum of layer distances over all parameters."""
+    return torch.stack([layer_distance(a, b) for a, b in zip(g_real, g_syn)]).sum()
+
+
+@dataclass
+class DCSettings:
+    """DC's knobs: real images per class per step (DC: 256), batch of patches, augmentation."""
+
+    real_per_class: int = 256
+    bs_d: int = 96
+    aug: str = "flip_rotate"
+
+
+class GradientMatching:
+    """DC/DSA as a distillation algorithm over a SyntheticSet."""
+
+    name = "dc"
+
+    def __init__(self, model: nn.Module, s: DCSettings):
+        self.model, self.s = model, s
+
+    def extra_leaves(self) -> list[tuple[str, Tensor, float]]:
+        """DC learns nothing besides poster and Y."""
+        return []
+
+    def meta_loss(self, syn: SyntheticSet, real: RealSampler, gen: torch.Generator, step: int) -> tuple[Tensor, dict]:
+        """A fresh network; per class, real-batch gradients against label-weighted patch gradients."""
+        params = reinit_params(self.model, gen)
+        names = list(params)
+        x, y = syn.sample(self.s.bs_d, gen)
+        detached = {k: p.detach() for k, p in params.items()}
+
+        def features(xr: Tensor) -> Tensor:
+            with torch.no_grad():
+                return embed(self.model, detached, xr)
+
+        total = x.new_zeros(())
+        for c in range(real.n_classes):
+            w = y[:, c]
+            keep = torch.nonzero(w.detach() > 0).flatten()
+            if keep.numel() == 0:
+                continue
+            seed = seed_from(gen)
+            xr = siamese_augment(real.class_batch(c, self.s.real_per_class, gen, features, step), self.s.aug, seed)
+            target = torch.full((xr.shape[0],), c, dtype=torch.long, device=xr.device)
+            loss_r = F.cross_entropy(functional_call(self.model, params, (xr,)), target)
+            g_real = [g.detach() for g in torch.autograd.grad(loss_r, [params[k] for k in names])]
+            xs = siamese_augment(x[keep], self.s.aug, seed)
+            logits = functional_call(self.model, params, (xs,))
+            per_patch = -(y[keep] * F.log_softmax(logits, -1)).sum(-1)
+            loss_s = (w[keep] * per_patch).sum() / w[keep].sum()
+            g_syn = torch.autograd.grad(loss_s, [params[k] for k in names], create_graph=True)
+            total = total + match_distance(g_real, list(g_syn))
+        return total, {}
+

@@ -1,0 +1,86 @@
+"""Distribution matching (DM, Zhao & Bilen 2023) on poster patches.
+
+Per outer step a freshly initialised network psi embeds a real batch of each class and the
+synthetic batch. With soft patch labels a patch counts toward class c with weight y_ic, so the
+synthetic class mean is the label-weighted mean of the patch embeddings:
+
+    mu_real_c = mean_{x in real_c} psi(A(x))
+    mu_syn_c  = sum_i y_ic psi(A(x_i)) / sum_i y_ic
+    L_DM      = sum_c || mu_real_c - mu_syn_c ||^2          (classes with no synthetic mass skipped)
+
+With one-hot labels this is DM exactly. Real and synthetic images share the augmentation seed
+(DSA's siamese augmentation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .algorithm import RealSampler, SyntheticSet, embed
+from .augment import augment
+from .models import seed_from
+from .ratbptt import reinit_params
+
+
+def weighted_class_means(emb: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """(n_classes, d) label-weighted means of emb (B, d) under weights (B, n_classes), and the masses."""
+    mass = weights.sum(0)
+    means = weights.t() @ emb / mass.clamp_min(1e-12)[:, None]
+    return means, mass
+
+
+def dm_loss(real_means: Tensor, emb_syn: Tensor, weights: Tensor) -> Tensor:
+    """Sum over classes with synthetic mass of ||real mean - weighted synthetic mean||^2."""
+    syn_means, mass = weighted_class_means(emb_syn, weights)
+    present = mass > 1e-8
+    return ((real_means[present] - syn_means[present]) ** 2).sum()
+
+
+def siamese_augment(x: Tensor, strategy: str, seed: int) -> Tensor:
+    """Augment with a generator seeded by `seed`, so real and synthetic batches share it (DSA)."""
+    g = torch.Generator(device=x.device)
+    g.manual_seed(seed)
+    return augment(x, strategy, g)
+
+
+@dataclass
+class DMSettings:
+    """DM's knobs: real images per class per step (DM: 256), batch of patches, augmentation."""
+
+    real_per_class: int = 256
+    bs_d: int = 96
+    aug: str = "flip_rotate"
+
+
+class DistributionMatching:
+    """DM as a distillation algorithm over a SyntheticSet."""
+
+    name = "dm"
+
+    def __init__(self, model: nn.Module, s: DMSettings):
+        self.model, self.s = model, s
+
+    def extra_leaves(self) -> list[tuple[str, Tensor, float]]:
+        """DM learns nothing besides poster and Y."""
+        return []
+
+    def meta_loss(self, syn: SyntheticSet, real: RealSampler, gen: torch.Generator, step: int) -> tuple[Tensor, dict]:
+        """A fresh network; per-class real means against label-weighted patch means."""
+        params = {k: p.detach() for k, p in reinit_params(self.model, gen).items()}
+        x, y = syn.sample(self.s.bs_d, gen)
+        seed = seed_from(gen)
+        emb_syn = embed(self.model, params, siamese_augment(x, self.s.aug, seed))
+
+        def features(xr: Tensor) -> Tensor:
+            with torch.no_grad():
+                return embed(self.model, params, xr)
+
+        means = []
+        with torch.no_grad():
+            for c in range(real.n_classes):
+                xr = real.class_batch(c, self.s.real_per_class, gen, features, step)
+                means.append(embed(self.model, params, siamese_augment(xr, self.s.aug, seed)).mean(0))
+        return dm_loss(torch.stack(means), emb_syn, y), {}
