@@ -196,6 +196,8 @@ def parse_strategy(strategy: str) -> list[str]:
         raise PoddError(f"augmentation strategy must be a string, got {type(strategy).__name__}")
     if strategy in ("none", ""):
         return []
+    if strategy == "dsa":  # shorthand for DSA's full strategy
+        strategy = DSA_STRATEGY
     ops = strategy.split("_")
     bad = [op for op in ops if op not in OPS]
     if bad:

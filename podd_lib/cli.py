@@ -5,6 +5,8 @@
     podd evaluate runs/c10
     podd evaluate --baseline random --dataset cifar10 --ipc 1 --set width=32 --models 3 --eval-steps 300
     podd export runs/c10 --format imagefolder
+    podd distill --dataset cifar10 --ipc 1 --profile quick --algorithm dm --sampling dream --init dream --out runs/dm
+    podd experts --dataset cifar10 --profile quick
 
 Bad input stops before any compute with one line on stderr and exit status 2.
 """
@@ -42,7 +44,8 @@ def _config(args: argparse.Namespace) -> dict:
 
     over = parse_sets(getattr(args, "set", None))
     for flag, key in (("labels", "labels"), ("order", "order"), ("patches", "patches"), ("steps", "steps"),
-                      ("seed", "seed"), ("models", "eval_models")):
+                      ("seed", "seed"), ("models", "eval_models"), ("algorithm", "algorithm"),
+                      ("sampling", "sampling"), ("init", "init"), ("n_experts", "n_experts")):
         v = getattr(args, flag, None)
         if v is not None:
             over[key] = v
@@ -99,6 +102,25 @@ def cmd_distill(args: argparse.Namespace) -> None:
     st = distill(cfg, real, order, args.out, resume=args.resume, device=device, progress=_progress())
     last = st.history[-1] if st.history else {}
     print(json.dumps({"out": str(args.out), "steps": st.step, "loss": last.get("loss")}))
+
+
+def cmd_experts(args: argparse.Namespace) -> None:
+    """Train (or extend) and cache MTT's expert trajectories for a config."""
+    from .distill import adapt_config_to_data, expert_settings, experts_root, model_for
+    from .mtt import experts_dir, load_or_train_experts
+
+    cfg = _config(args)
+    if args.out:
+        cfg["experts_root"] = args.out
+    device = _device(args.device)
+    real = _load_real(cfg, args)
+    cfg = adapt_config_to_data(cfg, real)
+    es = expert_settings(cfg)
+    folder = experts_dir(cfg, es, experts_root(cfg))
+    model = model_for(cfg, real.x_train.shape[1], device)
+    trajs = load_or_train_experts(model, real.x_train.to(device), real.y_train.to(device), es, folder, _progress())
+    print(json.dumps({"folder": str(folder), "experts": trajs.shape[0], "epochs": trajs.shape[1] - 1,
+                      "parameters": trajs.shape[2]}))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -206,7 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp.add_argument("--out", required=True, help="run folder")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out")
+    sp.add_argument("--algorithm", choices=("ratbptt", "mtt", "dm", "dc"), help="distillation algorithm (default ratbptt)")
+    sp.add_argument("--sampling", choices=("random", "dream"), help="real batches: random, or DREAM's representatives")
+    sp.add_argument("--init", choices=("noise", "class_areas", "real", "dream"),
+                    help="poster init: noise (paper, N(0,1)), class_areas (release), real images, DREAM centres")
     sp.set_defaults(fn=cmd_distill)
+
+    sp = sub.add_parser("experts", help="train and cache MTT's expert trajectories")
+    common(sp)
+    data(sp)
+    sp.add_argument("--n-experts", type=int, help="number of expert trajectories (default: the config's)")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--out", help="experts root folder (default $PODD_EXPERTS, else ./outputs/experts)")
+    sp.set_defaults(fn=cmd_experts)
 
     sp = sub.add_parser("evaluate", help="evaluate a run or a baseline")
     sp.add_argument("run", nargs="?", help="run folder written by podd distill")

@@ -38,12 +38,13 @@ def flatten_params(params: dict[str, Tensor]) -> Tensor:
 
 def unflatten_params(flat: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
     """The inverse of flatten_params for parameters shaped like `like`."""
+    total = sum(p.numel() for p in like.values())
+    if total != flat.numel():
+        raise PoddError(f"expert vector has {flat.numel()} values but the network has {total} parameters")
     out, i = {}, 0
     for k, p in like.items():
         out[k] = flat[i : i + p.numel()].view_as(p)
         i += p.numel()
-    if i != flat.numel():
-        raise PoddError(f"expert vector has {flat.numel()} values but the network has {i} parameters")
     return out
 
 

@@ -81,3 +81,25 @@ def test_distill_evaluate_export_on_an_imagefolder(tmp_path, capsys, monkeypatch
     assert code == 0, err
     assert len(list((tmp_path / "exp").glob("*/*.png"))) == 16
     assert (tmp_path / "exp" / "soft_labels.json").exists()
+
+
+def test_other_algorithms_and_experts_on_an_imagefolder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CI", "1")
+    folder = make_folder(tmp_path / "toy")
+    base = ["--dataset", f"imagefolder:{folder}", "--ipc", "1", "--profile", "smoke", "--set", "order='identity'",
+            "--data-root", str(tmp_path), "--no-download", "--device", "cpu", "--set", "real_per_class=2"]
+    code, _, err = run(capsys, "distill", *base, "--algorithm", "dm", "--sampling", "dream", "--init", "dream",
+                       "--out", str(tmp_path / "dm"))
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "dm" / "config.json").read_text())
+    assert (cfg["algorithm"], cfg["sampling"], cfg["init"]) == ("dm", "dream", "dream")
+    mtt = ["--set", "expert_epochs=1", "--set", "max_start_epoch=0", "--set", "syn_steps=2", "--set", "expert_bs=8"]
+    code, printed, err = run(capsys, "experts", *base, *mtt, "--n-experts", "2", "--out", str(tmp_path / "ex"))
+    assert code == 0, err
+    info = json.loads(printed)
+    assert info["experts"] == 2 and info["epochs"] == 1 and len(list((tmp_path / "ex").glob("*/expert_*.pt"))) == 2
+    code, _, err = run(capsys, "distill", *base, *mtt, "--set", "n_experts=2", "--algorithm", "mtt", "--init", "noise",
+                       "--set", f"experts_root={tmp_path / 'ex'}", "--out", str(tmp_path / "mtt"))
+    assert code == 0, err
+    code, _, err = run(capsys, "distill", *base, "--algorithm", "mtt", "--sampling", "dream", "--out", str(tmp_path / "x"))
+    assert code == 2 and "DREAM sampling does not apply" in err and err.count("\n") == 1
