@@ -115,6 +115,24 @@ SAMPLINGS = ("random", "dream")
 INITS = ("normal", "class_areas", "real", "dream")
 
 
+# Settings that only one algorithm (or DREAM sampling) reads; the rest of a config ignores them.
+ALGORITHM_KEYS = {
+    "mtt": ("syn_steps", "expert_epochs", "max_start_epoch", "syn_lr", "lr_lr", "n_experts", "lr_teacher",
+            "expert_bs", "expert_aug", "experts_root"),
+    "dm": ("real_per_class",),
+    "dc": ("real_per_class",),
+    "dream": ("dream_interval", "dream_pool", "dream_iters"),
+}
+
+
+def irrelevant_keys(cfg: dict) -> set[str]:
+    """Algorithm settings this config's algorithm and sampling never read (kept out of run hashes)."""
+    used = set(ALGORITHM_KEYS.get(cfg.get("algorithm", "ratbptt"), ()))
+    if cfg.get("sampling") == "dream" or cfg.get("init") == "dream":
+        used |= set(ALGORITHM_KEYS["dream"])
+    return {k for keys in ALGORITHM_KEYS.values() for k in keys} - used
+
+
 def check_algorithm(cfg: dict) -> None:
     """Unknown algorithm, sampling or init names fail in one line, before any data is read."""
     for key, allowed in (("algorithm", ALGORITHMS), ("sampling", SAMPLINGS), ("init", INITS)):

@@ -26,14 +26,15 @@ VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkp
 def config_key(cfg: dict) -> str:
     """A short hash of everything that changes a result.
 
-    Algorithm settings left at their defaults (configs/algorithms.toml) are not hashed, so adding
-    such a setting keeps every earlier RaT-BPTT run's key (and its cached result).
+    Algorithm settings left at their defaults (configs/algorithms.toml), and those the config's
+    algorithm never reads, are not hashed: adding such a setting keeps every earlier RaT-BPTT
+    run's key (and its cached result).
     """
-    from .config import algorithm_defaults
+    from .config import algorithm_defaults, irrelevant_keys
 
-    defaults = algorithm_defaults()
+    defaults, unused = algorithm_defaults(), irrelevant_keys(cfg)
     stable = {k: v for k, v in sorted(cfg.items())
-              if k not in VOLATILE and not (k in defaults and v == defaults[k])}
+              if k not in VOLATILE and k not in unused and not (k in defaults and v == defaults[k])}
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -141,6 +142,26 @@ def distill_and_evaluate(
     }
     atomic_write_json(result_path, result)
     return result
+
+
+def algorithm_run(
+    dataset: str, algorithm: str, representation: str, sampling: str, profile: str,
+    out_dir: str | os.PathLike = "outputs", overrides: dict | None = None, data_root: str | None = None,
+    force: bool = False, device: str = "auto", ipc: float = 1.0,
+) -> dict:
+    """One cell of notebook 07: an algorithm on the poster or the tiling, with random or DREAM batches."""
+    from .report import tiling_overrides
+
+    if representation not in ("poster", "tiling"):
+        raise PoddError(f"representation must be poster or tiling, got {representation!r}")
+    over = {"algorithm": algorithm, "sampling": sampling, **(overrides or {})}
+    if representation == "tiling":
+        over = {**tiling_overrides(dataset, profile), **over}
+    if algorithm == "mtt":  # experts live beside the runs and are shared by every MTT run
+        over.setdefault("experts_root", str(Path(out_dir) / "experts"))
+    result = distill_and_evaluate(dataset, ipc, profile, out_dir, over, data_root, tag=f"{algorithm}-{representation}",
+                                  force=force, device=device)
+    return {**result, "algorithm": algorithm, "representation": representation, "sampling": sampling}
 
 
 def random_real_baseline(

@@ -43,3 +43,13 @@ FIGURE6: dict[tuple[int, int], float] = {
 
 # Section 5.3: correlation between ordering score and accuracy (CIFAR-10, 0.3 IPC, 250 steps, 5 orders).
 ORDER_CORRELATION = 0.76
+
+# Issue #5, notebook 07: the underlying methods at 1 IPC on CIFAR-10, as reported (not rerun).
+# PoDD's Table 2 (RaT-BPTT, DSA, DM, MTT) and DREAM's Table 1 (DC, and DREAM on top of IDC).
+ALGORITHMS_REPORTED_CIFAR10: dict[str, tuple[float, float | None, str]] = {
+    "ratbptt": (53.2, 0.7, "PoDD Table 2 (RaT-BPTT)"),
+    "mtt": (46.3, 0.8, "PoDD Table 2 / DREAM Table 1 (MTT)"),
+    "dm": (26.0, 0.8, "PoDD Table 2 / DREAM Table 1 (DM)"),
+    "dc": (28.8, 0.7, "PoDD Table 2 (DSA; DC without DSA: 28.3 in DREAM Table 1)"),
+}
+DREAM_REPORTED_CIFAR10 = {"IDC": (50.6, 0.4), "IDC + DREAM": (51.1, 0.3)}  # DREAM Table 1, 1 IPC

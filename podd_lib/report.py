@@ -87,16 +87,21 @@ def limit_threads(profile: str) -> int:
     return torch.get_num_threads()
 
 
-def profile_deviations(dataset: str, profile: str, ipc: float = 1.0) -> list[str]:
-    """One line per setting the profile changes from the paper's config: 'width = 8 (paper: 128)'."""
-    from .config import resolve_config
+def profile_deviations(dataset: str, profile: str, ipc: float = 1.0, overrides: dict | None = None) -> list[str]:
+    """One line per setting the profile changes from the paper's config: 'width = 8 (paper: 128)'.
 
-    cfg = resolve_config(dataset, ipc, profile)
-    base = resolve_config(dataset, ipc, "paper")
+    Settings of other algorithms than the one in overrides (default RaT-BPTT) are not listed.
+    """
+    from .config import irrelevant_keys, resolve_config
+
+    cfg = resolve_config(dataset, ipc, profile, overrides)
+    base = resolve_config(dataset, ipc, "paper", overrides)
+    unused = irrelevant_keys(cfg)
     def shown(key: str, value: Any) -> str:
         return "0 (all)" if key.endswith("_per_class") and value == 0 else repr(value)
 
-    return [f"{k} = {shown(k, v)} (paper: {shown(k, base.get(k))})" for k, v in cfg["profile_overrides"].items()]
+    return [f"{k} = {shown(k, v)} (paper: {shown(k, base.get(k))})" for k, v in cfg["profile_overrides"].items()
+            if k not in unused]
 
 
 def tiling_overrides(dataset: str, profile: str = "paper") -> dict:
@@ -983,3 +988,63 @@ def markdown_to_html(md: str, title: str = "report") -> str:
         out.append(f"<p>{_inline(' '.join(para))}</p>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- notebook 07
+
+ALGORITHM_NAMES = {"ratbptt": "RaT-BPTT", "mtt": "MTT", "dm": "DM", "dc": "DC/DSA"}
+ALGORITHM_COLUMNS = ["algorithm", "synthetic set", "real batches", OURS, "reported (tiling, random)", "source",
+                     "s / step", "profile"]
+
+
+def algorithms_frame(results: Sequence[Mapping]):
+    """Notebook 07's table: one row per (algorithm, poster or tiling, sampling), reported numbers beside.
+
+    Each result needs 'algorithm', 'representation' ('poster' or 'tiling') and 'sampling' keys
+    (experiments.distill_and_evaluate results with those added). The reported number is the method's
+    own at 1 IPC with ordinary images and random batches, so it sits on the tiling + random row.
+    """
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        algo, rep, samp = r["algorithm"], r["representation"], r["sampling"]
+        ours = accuracy(r)
+        rep_ms = paper.ALGORITHMS_REPORTED_CIFAR10.get(algo) if r.get("dataset") == "cifar10" else None
+        on_row = rep_ms is not None and rep == "tiling" and samp == "random"
+        rows.append({
+            "algorithm": ALGORITHM_NAMES.get(algo, algo), "synthetic set": rep,
+            "real batches": "n/a (experts)" if algo == "mtt" else samp,
+            OURS: fmt_pm(ours["mean"] if ours else None, ours["std"] if ours else None),
+            "reported (tiling, random)": fmt_pm(rep_ms[0], rep_ms[1]) if on_row else "",
+            "source": (rep_ms[2] + ", reported") if on_row else source_label(r.get("profile", "")),
+            "s / step": r.get("seconds_per_step_median"), "profile": r.get("profile", ""),
+            "command": r.get("command", ""), "ours_mean": ours["mean"] if ours else None,
+            "ours_std": ours["std"] if ours else None, "algo_key": algo,
+        })
+    return pd.DataFrame(rows)
+
+
+def algorithms_plot(df: Any):
+    """Bars: accuracy per algorithm, tiling vs poster, random vs DREAM batches."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    algos = list(dict.fromkeys(df["algorithm"]))
+    combos = [("tiling", "random"), ("poster", "random"), ("tiling", "dream"), ("poster", "dream")]
+    width = 0.8 / len(combos)
+    for j, (rep, samp) in enumerate(combos):
+        xs, ys, es = [], [], []
+        for i, a in enumerate(algos):
+            sel = df[(df["algorithm"] == a) & (df["synthetic set"] == rep) & (df["real batches"] == samp)]
+            if len(sel) and sel["ours_mean"].iloc[0] is not None:
+                xs.append(i + (j - 1.5) * width)
+                ys.append(sel["ours_mean"].iloc[0])
+                es.append(sel["ours_std"].iloc[0] or 0)
+        if xs:
+            ax.bar(xs, ys, width, yerr=es, label=f"{rep}, {samp} batches", capsize=2)
+    ax.set_xticks(range(len(algos)), algos)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("CIFAR-10, 1 IPC: algorithms on the tiling and on the poster")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
