@@ -30,7 +30,7 @@ from torch.func import functional_call
 
 from .errors import PoddError
 from .poddl import PosterLabels, clip_labels_
-from .poster import PosterGeometry, extract_patches
+from .poster import PosterGeometry, extract_patches, poster_count
 
 ALGORITHMS = ("ratbptt", "mtt", "dm", "dc")
 Features = Callable[[Tensor], Tensor]
@@ -47,8 +47,8 @@ class SyntheticSet:
 
     @property
     def n(self) -> int:
-        """Number of patches p."""
-        return self.geom.n_patches
+        """Number of patches: p, or K * p for K per-class posters."""
+        return self.geom.n_patches * poster_count(self.poster)
 
     def batch(self, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Patches at idx (all when None) and their (B, n_classes) labels; differentiable."""

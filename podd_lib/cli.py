@@ -88,8 +88,7 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     """Distill a poster into --out (resumable)."""
-    from .distill import adapt_config_to_data, distill, geometry_from_config
-    from .poco import resolve_order
+    from .distill import adapt_config_to_data, distill, geometry_from_config, order_for
 
     cfg = _config(args)
     device = _device(args.device)
@@ -98,7 +97,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     real = _load_real(cfg, args)
     cfg = adapt_config_to_data(cfg, real)
     geom = geometry_from_config(cfg)
-    order = resolve_order(cfg["order"], list(real.classes), geom.o_y, geom.o_x, dataset=cfg["dataset"])
+    order = order_for(cfg, list(real.classes), geom)
     st = distill(cfg, real, order, args.out, resume=args.resume, device=device, progress=_progress())
     last = st.history[-1] if st.history else {}
     print(json.dumps({"out": str(args.out), "steps": st.step, "loss": last.get("loss")}))

@@ -37,6 +37,10 @@ def geometry_from_config(cfg: dict) -> PosterGeometry:
     if not cfg.get("n_classes"):
         raise PoddError(f"the class count of {cfg['dataset']} is only known from its data")
     size = tuple(cfg["poster_size"]) if cfg.get("poster_size") else None
+    if cfg.get("per_class_posters"):  # figure 9: one single-class poster of `ipc` images per class
+        if cfg["label_kind"] != "fixed":
+            raise PoddError("per-class posters carry fixed one-hot labels; set labels=fixed")
+        return make_geometry(cfg["ipc"], 1, tuple(cfg["image_size"]), (1, 1), tuple(cfg["patch_grid"]), size)
     return make_geometry(
         cfg["ipc"], cfg["n_classes"], tuple(cfg["image_size"]), tuple(cfg["class_grid"]), tuple(cfg["patch_grid"]), size
     )
@@ -86,6 +90,15 @@ class Problem:
     settings: RatBpttSettings
     algo: object = None
     outer: OuterSettings | None = None
+
+
+def order_for(cfg: dict, classes: list[str], geom: PosterGeometry) -> list[list[int]]:
+    """The class grid O: the config's ordering; per-class posters are simply one class each, in order."""
+    if cfg.get("per_class_posters"):
+        return [[k] for k in range(len(classes))]
+    from .poco import resolve_order
+
+    return resolve_order(cfg["order"], list(classes), geom.o_y, geom.o_x, dataset=cfg["dataset"])
 
 
 def experts_root(cfg: dict) -> str:
@@ -142,7 +155,10 @@ def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str 
                   progress: bool = False) -> Problem:
     """Assemble the fixed parts of a distillation."""
     geom = geometry_from_config(cfg)
-    labels = PosterLabels(order, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"])
+    if cfg.get("per_class_posters"):
+        labels = PosterLabels.per_class(cfg["n_classes"], geom)
+    else:
+        labels = PosterLabels(order, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"])
     if labels.table is not None:
         labels.table = labels.table.to(device)
     model = model_for(cfg, channels, device)
@@ -155,6 +171,11 @@ def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str 
 def initial_poster(cfg: dict, pb: Problem, channels: int, real=None) -> torch.Tensor:
     """The poster before distillation: N(0, 1) (paper), class areas (release), real or DREAM images."""
     seed = int(cfg["seed"])
+    if cfg.get("per_class_posters"):
+        if cfg["init"] != "normal":
+            raise PoddError("per-class posters start from N(0, 1) noise only (init=normal)")
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(cfg["n_classes"], channels, pb.geom.d_h, pb.geom.d_w, generator=g)
     if cfg["init"] in ("real", "dream"):
         if real is None:
             raise PoddError(f"init {cfg['init']!r} needs the real data")
@@ -307,8 +328,11 @@ def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> No
     )
     atomic_torch_save({"patch_labels": patch_labels, "Y": Y, "label_kind": cfg["label_kind"]}, out / "labels.pt")
     atomic_write_text(out / "metrics.csv", metrics_csv(st.history))
-    from .viz import save_poster_png
+    from .viz import save_per_class_png, save_poster_png
 
+    if poster.dim() == 4:
+        save_per_class_png(out / "poster.png", poster, pb.geom, list(real.classes), getattr(real, "preprocess", None))
+        return
     save_poster_png(out / "poster.png", poster, pb.geom, pb.order, list(real.classes), getattr(real, "preprocess", None))
 
 

@@ -103,9 +103,8 @@ def distill_and_evaluate(
     device: str = "auto",
 ) -> dict:
     """Distill a poster with a resolved config and evaluate it; cached by config hash."""
-    from .distill import adapt_config_to_data, distill, geometry_from_config, load_run
+    from .distill import adapt_config_to_data, distill, geometry_from_config, load_run, order_for
     from .evaluate import evaluate_distilled
-    from .poco import resolve_order
 
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
     geometry_from_config(cfg)  # bad geometry fails before any data is read
@@ -122,7 +121,7 @@ def distill_and_evaluate(
     real = load_real(cfg, data_root)
     cfg = adapt_config_to_data(cfg, real)
     geom = geometry_from_config(cfg)
-    order = resolve_order(cfg["order"], list(real.classes), geom.o_y, geom.o_x, dataset=cfg["dataset"])
+    order = order_for(cfg, list(real.classes), geom)
     t0 = time.perf_counter()
     resume = (run_dir / "checkpoint.pt").exists()
     st = distill(cfg, real, order, run_dir, resume=resume, device=dev, progress=progress_enabled())

@@ -119,6 +119,14 @@ class PosterLabels:
             self.Y = None
             self.table = fixed_labels(order, geom)
 
+    @classmethod
+    def per_class(cls, n_classes: int, geom: PosterGeometry) -> "PosterLabels":
+        """Fixed one-hot labels of K = n_classes per-class posters: poster k's p patches are class k."""
+        self = cls.__new__(cls)
+        self.learned, self.sizing, self.Y = False, "per_class", None
+        self.table = torch.eye(n_classes).repeat_interleave(geom.n_patches, dim=0)
+        return self
+
     def __call__(self, Y: Tensor | None = None, idx: Tensor | None = None) -> Tensor:
         """(B, n) labels of the patches at idx (all when None); Y overrides the stored tensor."""
         if not self.learned:

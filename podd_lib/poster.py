@@ -200,9 +200,23 @@ def extract_windows(grid: Tensor, oy: Tensor, ox: Tensor, h: int, w: int) -> Ten
     return out.transpose(0, 1)
 
 
+def poster_count(poster: Tensor) -> int:
+    """K for a (K, C, H, W) stack of per-class posters (paper figure 9), 1 for one (C, H, W) poster."""
+    return poster.shape[0] if poster.dim() == 4 else 1
+
+
 def extract_patches(poster: Tensor, geom: PosterGeometry, idx: Tensor | None = None) -> Tensor:
-    """The poster's patches (all, or those at indices idx) as a (B, C, h, w) batch."""
+    """The poster's patches (all, or those at indices idx) as a (B, C, h, w) batch.
+
+    A (K, C, H, W) stack of per-class posters, each with geometry geom, gives K * p patches,
+    poster k's patches at indices k*p .. k*p + p - 1 (the stack is cut as one tall poster).
+    """
     oy, ox = patch_offsets(geom, poster.device)
+    if poster.dim() == 4:
+        k, c, height, width = poster.shape
+        oy = (oy[None, :] + height * torch.arange(k, device=poster.device)[:, None]).reshape(-1)
+        ox = ox.repeat(k)
+        poster = poster.transpose(0, 1).reshape(c, k * height, width)
     if idx is not None:
         oy, ox = oy[idx], ox[idx]
     return extract_windows(poster, oy, ox, geom.h, geom.w)

@@ -33,7 +33,7 @@ from .errors import PoddError
 from .optim import AdamState, Params, adam_init, adam_step, detach_state
 from .models import seed_from
 from .poddl import PosterLabels
-from .poster import PosterGeometry, extract_patches
+from .poster import PosterGeometry, extract_patches, poster_count
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ def patch_batch(
     poster: Tensor, Y: Tensor | None, labels: PosterLabels, geom: PosterGeometry, bs_d: int, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """A random batch of bs_d distinct patches (all of them when bs_d >= p) and their labels."""
-    idx = torch.randperm(geom.n_patches, generator=gen, device=gen.device)[:bs_d].to(poster.device)
+    n = geom.n_patches * poster_count(poster)
+    idx = torch.randperm(n, generator=gen, device=gen.device)[:bs_d].to(poster.device)
     return extract_patches(poster, geom, idx), labels(Y, idx)
 
 

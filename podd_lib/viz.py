@@ -64,3 +64,37 @@ def save_poster_png(path: str | os.PathLike, poster: Tensor, geom: PosterGeometr
     fig = poster_figure(poster, geom, order, classes, preprocess)
     atomic_savefig(fig, path, dpi=150)
     plt.close(fig)
+
+
+def per_class_figure(posters: Tensor, geom: PosterGeometry, classes: list[str] | None = None, preprocess=None,
+                     title: str | None = None, cols: int = 5):
+    """Paper figure 9: K per-class posters (K, C, H, W) side by side, each titled with its class."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    k = posters.shape[0]
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < k:
+            img = poster_to_image(posters[i], geom, preprocess)
+            ax.imshow(img.numpy() if img.shape[2] == 3 else img[..., 0].numpy(), interpolation="nearest",
+                      cmap=None if img.shape[2] == 3 else "gray")
+            ax.set_title(classes[i] if classes else f"class {i}", fontsize=8)
+    fig.suptitle(title or f"{k} per-class posters, {geom.d_w}x{geom.d_h} each ({geom.ipc:.2f} IPC), "
+                 f"{geom.n_patches} patches each", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_per_class_png(path: str | os.PathLike, posters: Tensor, geom: PosterGeometry, classes, preprocess=None) -> None:
+    """Write the per-class posters picture atomically."""
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_savefig
+
+    fig = per_class_figure(posters, geom, classes, preprocess)
+    atomic_savefig(fig, path, dpi=150)
+    plt.close(fig)

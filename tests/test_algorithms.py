@@ -274,3 +274,38 @@ def test_bad_algorithm_settings_fail_in_one_line():
     with pytest.raises(PoddError, match="DREAM sampling does not apply"):
         resolve_config("cifar10", 1.0, "smoke", {"algorithm": "mtt", "sampling": "dream"})
     assert resolve_config("cifar10", 1.0, "smoke", {"init": "noise"})["init"] == "normal"
+
+
+# ----------------------------------------------------------------------------- figure 9: per-class posters
+
+
+def test_stacked_posters_cut_each_poster_separately():
+    geom = make_geometry(10, 1, (32, 32), (1, 1), (4, 4))
+    posters = torch.randn(3, 3, geom.d_h, geom.d_w, requires_grad=True)
+    x = extract_patches(posters, geom)
+    p = geom.n_patches
+    assert x.shape == (3 * p, 3, 32, 32)
+    for k in range(3):
+        assert torch.equal(x[k * p:(k + 1) * p], extract_patches(posters[k], geom))
+    idx = torch.tensor([p + 2, 2 * p])
+    assert torch.equal(extract_patches(posters, geom, idx), x[idx])
+    x[p:2 * p].sum().backward()  # only poster 1 receives gradient
+    assert posters.grad[1].abs().sum() > 0 and posters.grad[0].abs().sum() == 0 and posters.grad[2].abs().sum() == 0
+
+
+def test_per_class_posters_distil_end_to_end(tmp_path):
+    real = fake_real()
+    cfg = tiny_cfg(per_class_posters=True, labels="fixed", patch_grid=[3, 3], steps=2)
+    cfg = resolve_config("cifar10", 4, "smoke", {**cfg["user_overrides"]})
+    from podd_lib.distill import geometry_from_config
+
+    geom = geometry_from_config(cfg)
+    assert (geom.d_h, geom.d_w) == (64, 64) and geom.n_patches == 9  # sqrt(4) x the 32x32 one-class tiling
+    order = [[k] for k in range(10)]
+    distill(cfg, real, order, tmp_path / "pc", progress=False)
+    run = load_run(tmp_path / "pc")
+    assert run["poster"].shape == (10, 3, 64, 64) and run["x"].shape == (90, 3, 32, 32)
+    assert torch.equal(run["y"].argmax(1), torch.arange(10).repeat_interleave(9))
+    assert (tmp_path / "pc" / "poster.png").exists()
+    with pytest.raises(PoddError, match="fixed one-hot"):
+        geometry_from_config(resolve_config("cifar10", 0.5, "smoke", {"per_class_posters": True, "labels": "learned"}))
