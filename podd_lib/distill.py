@@ -49,7 +49,8 @@ def geometry_from_config(cfg: dict) -> PosterGeometry:
 def settings_from_config(cfg: dict) -> RatBpttSettings:
     """The RaT-BPTT settings of a config."""
     keys = ("window", "totwindow", "minwindow", "inner_lr", "lr", "bs_d", "bs", "syn_aug", "real_aug")
-    return RatBpttSettings(**{k: cfg[k] for k in keys}, fixed_curriculum=cfg.get("fixed_curriculum"))
+    return RatBpttSettings(**{k: cfg[k] for k in keys}, fixed_curriculum=cfg.get("fixed_curriculum"),
+                           real_chunk=int(cfg.get("real_chunk", 0)))
 
 
 def adapt_config_to_data(cfg: dict, real) -> dict:

@@ -52,6 +52,7 @@ class RatBpttSettings:
     clip_ema: float = 0.9  # EMA coefficient of the poster gradient norm
     clip_factor: float = 2.0  # clip the poster gradient to clip_factor x EMA
     fixed_curriculum: int | None = None  # benchmarks only: always c plain steps
+    real_chunk: int = 0  # >0: the real batch's gradient in chunks of this many images (same maths, less memory)
 
     def __post_init__(self) -> None:
         """Reject settings that make no curriculum."""
@@ -169,6 +170,26 @@ def clip_by_ema(grad: Tensor, ema: float | None, s: RatBpttSettings) -> tuple[fl
     return _clip_by_ema(grad, ema, s.clip_ema, s.clip_factor)
 
 
+def real_loss_grad_chunked(model: nn.Module, params: Params, x: Tensor, y: Tensor, chunk: int
+                           ) -> tuple[Tensor, Params]:
+    """Mean cross-entropy on (x, y) and its gradient in params, summed over chunks of `chunk` images.
+
+    The real batch's activations then never exist all at once; the outer backward continues from
+    these gradients into the unrolled window (a vector-Jacobian product), which is the same
+    meta-gradient as backpropagating the whole batch's loss.
+    """
+    leaf = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+    total = x.new_zeros(())
+    grads = {k: torch.zeros_like(p) for k, p in leaf.items()}
+    for i in range(0, x.shape[0], chunk):
+        part = F.cross_entropy(functional_call(model, leaf, (x[i : i + chunk],)), y[i : i + chunk],
+                               reduction="sum") / x.shape[0]
+        for k, g in zip(leaf, torch.autograd.grad(part, list(leaf.values()))):
+            grads[k] += g
+        total = total + part.detach()
+    return total, grads
+
+
 class RatBptt:
     """RaT-BPTT as a distillation algorithm (the paper's choice): steps 1-4 of the outer step above."""
 
@@ -198,6 +219,10 @@ class RatBptt:
 
         xr, yr = real.batch(s.bs, gen, features, step)
         xr = augment(xr, s.real_aug, gen)
+        if s.real_chunk and xr.shape[0] > s.real_chunk:
+            loss, grads = real_loss_grad_chunked(model, detached, xr, yr, s.real_chunk)
+            surrogate = sum((params[k] * grads[k]).sum() for k in params)  # d surrogate / d theta_T = dL / d theta_T
+            return surrogate, {"curriculum": c, "loss": float(loss)}
         loss = F.cross_entropy(functional_call(model, params, (xr,)), yr)
         return loss, {"curriculum": c}
 

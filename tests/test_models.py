@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -96,3 +97,51 @@ def test_instance_norm_second_derivatives_are_exact():
     w = torch.randn(2, dtype=torch.float64, requires_grad=True)
     f = lambda x, w: functional_call(norm, {"weight": w, "bias": norm.bias}, (x,))  # noqa: E731
     assert torch.autograd.gradgradcheck(f, (x, w))
+
+
+# ----------------------------------------------------------------------------- fast instance norm (issue #6)
+
+
+def _norm_inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, generator=g).requires_grad_(True)
+    w = torch.randn(4, dtype=torch.float64, generator=g).requires_grad_(True)
+    b = torch.randn(4, dtype=torch.float64, generator=g).requires_grad_(True)
+    return x, w, b
+
+
+def test_instance_norm_function_passes_gradcheck_and_gradgradcheck():
+    from podd_lib.models import _InstanceNormFn
+
+    x, w, b = _norm_inputs()
+    f = lambda x, w, b: _InstanceNormFn.apply(x, w, b, 1e-5)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_instance_norm_double_backward_equals_group_norm():
+    """The hand-written double backward gives group_norm's second derivatives (float64, 1e-9)."""
+    from podd_lib.models import _InstanceNormFn
+
+    def second(fn):
+        x, w, b = _norm_inputs()
+        y = fn(x, w, b)
+        gy = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(1))
+        gs = torch.autograd.grad((y * gy).sum() + (y ** 3).sum(), (x, w, b), create_graph=True)
+        s = (gs[0] ** 2).sum() + (gs[0] * x).sum() + (gs[1] ** 2).sum() + (gs[2] * w).sum()
+        return torch.autograd.grad(s, (x, w, b))
+
+    ours = second(lambda x, w, b: _InstanceNormFn.apply(x, w, b, 1e-5))
+    ref = second(lambda x, w, b: F.group_norm(x, 4, w, b, 1e-5))
+    for a, r in zip(ours, ref):
+        assert torch.allclose(a, r, atol=1e-9, rtol=1e-9)
+    bad = second(lambda x, w, b: F.group_norm(x, 4, w, b, 1e-1))  # the comparison can fail
+    assert not torch.allclose(bad[0], ref[0], atol=1e-6)
+
+
+def test_instance_norm_module_uses_group_norm_under_vmap():
+    torch.manual_seed(0)
+    norm = InstanceNorm(4)
+    x = torch.randn(2, 3, 4, 5, 5)
+    out = torch.func.vmap(norm)(x)
+    assert torch.allclose(out, torch.stack([F.group_norm(xi, 4, norm.weight, norm.bias, 1e-5) for xi in x]), atol=1e-6)

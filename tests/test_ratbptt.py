@@ -119,3 +119,45 @@ def test_soft_cross_entropy_equals_hard_on_one_hot():
     y = torch.tensor([0, 2, 1, 1, 0])
     assert torch.allclose(soft_cross_entropy(logits, torch.nn.functional.one_hot(y, 3).float()),
                           torch.nn.functional.cross_entropy(logits, y))
+
+
+# ----------------------------------------------------------------------------- issue #6: same maths, faster
+
+
+def _one_outer_grad(real_chunk=0, norm="instance", force_group_norm=False, monkeypatch=None):
+    from podd_lib.algorithm import RealSampler, SyntheticSet
+    from podd_lib.ratbptt import RatBptt
+
+    if force_group_norm:
+        import podd_lib.models as models
+
+        monkeypatch.setattr(models, "_under_functorch", lambda x: True)
+    geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
+    labels = PosterLabels([[0, 1]], geom, learned=True)
+    s = RatBpttSettings(window=2, totwindow=3, bs_d=3, bs=24, inner_lr=0.01, real_chunk=real_chunk,
+                        syn_aug="none", real_aug="none")
+    torch.manual_seed(0)
+    net = tiny_net(torch.float64, norm=norm)
+    poster = torch.randn(1, 8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    Y = labels.Y.double().requires_grad_(True)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 1, 8, 8, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 2, (40,), generator=g)
+    loss, info = RatBptt(net, s).meta_loss(SyntheticSet(poster, Y, labels, geom), RealSampler(x, y, 2),
+                                           torch.Generator().manual_seed(3), 0)
+    gP, gY = torch.autograd.grad(loss, (poster, Y))
+    return info.get("loss", float(loss.detach())), gP, gY
+
+
+def test_chunked_real_batch_gives_the_same_meta_gradient():
+    l0, p0, y0 = _one_outer_grad(real_chunk=0)
+    l1, p1, y1 = _one_outer_grad(real_chunk=7)  # 24 images in chunks of 7, 7, 7, 3
+    assert l1 == pytest.approx(l0, rel=1e-12)
+    assert torch.allclose(p0, p1, rtol=1e-9, atol=1e-12) and torch.allclose(y0, y1, rtol=1e-9, atol=1e-12)
+    assert float(p0.abs().sum()) > 0
+
+
+def test_fast_instance_norm_gives_the_same_meta_gradient(monkeypatch):
+    _, p0, y0 = _one_outer_grad()
+    _, p1, y1 = _one_outer_grad(force_group_norm=True, monkeypatch=monkeypatch)
+    assert torch.allclose(p0, p1, rtol=1e-8, atol=1e-12) and torch.allclose(y0, y1, rtol=1e-8, atol=1e-12)
