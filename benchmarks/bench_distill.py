@@ -3,6 +3,7 @@
     python benchmarks/bench_distill.py --setting cpu-bench            # the issue's CPU setting
     python benchmarks/bench_distill.py --setting paper --device cuda  # CIFAR-10 paper settings
     python benchmarks/bench_distill.py --setting smoke                # seconds; CI runs this
+    python benchmarks/bench_distill.py --parts outer_step --norm-impl group_norm --set real_chunk=0   # "before"
 
 Prints one JSON line per measured part: median seconds, steps per second, peak memory (CPU
 max RSS of this process, or CUDA max allocated). Data is random (timing does not depend on
@@ -23,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from podd_lib.config import resolve_config  # noqa: E402
+from podd_lib.config import parse_sets, resolve_config  # noqa: E402
 from podd_lib.distill import build_problem, initial_state  # noqa: E402
 from podd_lib.evaluate import train_and_test  # noqa: E402
 from podd_lib.poster import extract_patches  # noqa: E402
@@ -73,10 +74,10 @@ def report(part: str, setting: str, times: list[float], device: str, **extra) ->
     return row
 
 
-def bench_outer_step(setting: str, device: str, steps: int | None = None) -> dict:
+def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: dict | None = None) -> dict:
     """Median seconds of the RaT-BPTT outer step."""
     s = SETTINGS[setting]
-    cfg = resolve_config("cifar10", 1.0, "paper", s["over"])
+    cfg = resolve_config("cifar10", 1.0, "paper", {**s["over"], **(sets or {})})
     pb = build_problem(cfg, ORDER, 3, device)
     st = initial_state(cfg, pb, 3, device)
     n_real = max(cfg["bs"], 1000)
@@ -86,7 +87,8 @@ def bench_outer_step(setting: str, device: str, steps: int | None = None) -> dic
     times = [timed(lambda: outer_step(st, pb.model, pb.labels, pb.geom, x, y, pb.settings), device)
              for _ in range(s["warmup"] + n)][s["warmup"]:]
     return report("outer_step", setting, times, device, width=cfg["width"], window=cfg["window"], bs=cfg["bs"],
-                  bs_d=cfg["bs_d"], curriculum=cfg.get("fixed_curriculum", "random"))
+                  bs_d=cfg["bs_d"], curriculum=cfg.get("fixed_curriculum", "random"), real_chunk=cfg["real_chunk"],
+                  norm_impl=NORM_IMPL)
 
 
 def bench_evaluation(setting: str, device: str) -> dict:
@@ -118,6 +120,18 @@ def bench_extraction(setting: str, device: str, reps: int = 50) -> dict:
     return report("extraction", setting, times, device, patches=pb.geom.n_patches)
 
 
+NORM_IMPL = "custom"
+
+
+def use_group_norm_everywhere() -> None:
+    """The "before" instance norm: F.group_norm and autograd's generic double backward."""
+    import podd_lib.models as models
+
+    global NORM_IMPL
+    models._under_functorch = lambda x: True
+    NORM_IMPL = "group_norm"
+
+
 def main() -> None:
     """Parse arguments and run the chosen parts."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -125,13 +139,18 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--parts", default="extraction,outer_step,evaluation")
     p.add_argument("--steps", type=int, default=None, help="timed outer steps (after warm-up)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for the outer step")
+    p.add_argument("--norm-impl", choices=("custom", "group_norm"), default="custom",
+                   help="instance norm: the kit's double backward (default) or group_norm's (the 'before')")
     args = p.parse_args()
+    if args.norm_impl == "group_norm":
+        use_group_norm_everywhere()
     torch.manual_seed(0)
     parts = args.parts.split(",")
     if "extraction" in parts:
         bench_extraction(args.setting, args.device)
     if "outer_step" in parts:
-        bench_outer_step(args.setting, args.device, args.steps)
+        bench_outer_step(args.setting, args.device, args.steps, parse_sets(args.set))
     if "evaluation" in parts:
         bench_evaluation(args.setting, args.device)
 
