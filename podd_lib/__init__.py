@@ -5,6 +5,9 @@ One module per concept of the paper:
   poddl     -- section 4.3: PoDDL fixed and learned labels
   poco      -- section 4.2: PoCO class ordering with CLIP text embeddings
   ratbptt   -- section 3: RaT-BPTT, the distillation algorithm under the poster
+  algorithm -- Algorithm 1's "distillation algorithm" input: the interface and the shared outer step
+  mtt, dm, dc, dream -- other algorithms under posters: trajectory, distribution and gradient
+               matching, and DREAM's representative real batches (notebook 07)
   models    -- the ConvNet family (and ResNet-18 / VGG-11 / AlexNet for cross-architecture tests)
   augment   -- differentiable augmentation (flip_rotate and the DSA operations)
   data      -- CIFAR-10/100, CUB-200, Tiny-ImageNet, any ImageFolder; ZCA whitening

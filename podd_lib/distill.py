@@ -50,7 +50,7 @@ def settings_from_config(cfg: dict) -> RatBpttSettings:
     """The RaT-BPTT settings of a config."""
     keys = ("window", "totwindow", "minwindow", "inner_lr", "lr", "bs_d", "bs", "syn_aug", "real_aug")
     return RatBpttSettings(**{k: cfg[k] for k in keys}, fixed_curriculum=cfg.get("fixed_curriculum"),
-                           real_chunk=int(cfg.get("real_chunk", 0)))
+                           real_chunk=int(cfg.get("real_chunk", 0)), channels_last=bool(cfg.get("channels_last", False)))
 
 
 def adapt_config_to_data(cfg: dict, real) -> dict:

@@ -32,28 +32,70 @@ NORMS = ("instance", "batch", "none")
 POOLS = ("avg", "max")
 
 
+def _stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Per (image, channel) mean and 1 / sqrt(biased variance + eps), each (N, C)."""
+    var, mean = torch.var_mean(x, dim=(2, 3), correction=0)
+    return mean, torch.rsqrt(var + eps)
+
+
+def _avg_prod(p: Tensor, q: Tensor) -> Tensor:
+    """mean over (H, W) of p * q, (N, C); works in any memory layout."""
+    return (p * q).mean((2, 3))
+
+
+def _bc(t: Tensor) -> Tensor:
+    """(N or 1, C) -> (N or 1, C, 1, 1) for broadcasting over H, W."""
+    return t[:, :, None, None]
+
+
 class _InstanceNormFn(torch.autograd.Function):
-    """Instance norm with fused forward/backward kernels and a hand-written double backward.
+    """Instance norm with a hand-written backward and double backward.
 
     RaT-BPTT differentiates through the inner training step, so the norm's backward is itself
     differentiated. PyTorch's generic derivative of group norm's backward costs about as much as
-    the rest of the network's double backward; `_InstanceNormGrad.backward` does it in a few
-    elementwise passes (formulas in its docstring; checked by gradgradcheck and against
-    F.group_norm in tests/test_models.py).
+    the rest of the network's double backward. Here every pass is a per-(image, channel) scalar
+    times an activation-sized tensor (formulas in `_InstanceNormGrad`), in whatever memory layout
+    the input has (channels-last included). Checked by gradgradcheck and against F.group_norm's
+    first and second derivatives in tests/test_models.py.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
         n, c, h, w = x.shape
-        y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, h * w, c, eps)
+        if x.is_contiguous():  # PyTorch's fused kernel is the fastest here
+            y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, h * w, c, eps)
+            mean, rstd = mean.view(n, c), rstd.view(n, c)
+        else:  # channels-last and other layouts
+            mean, rstd = _stats(x, eps)
+            scale = weight[None, :] * rstd
+            y = torch.addcmul(_bc(bias[None, :] - mean * scale), x, _bc(scale))
         ctx.save_for_backward(x, weight, mean, rstd)
         return y
 
     @staticmethod
     def backward(ctx, gy: Tensor):
         x, weight, mean, rstd = ctx.saved_tensors
-        gx, gw, gb = _InstanceNormGrad.apply(gy, x, weight, mean, rstd)
+        if torch.is_grad_enabled():  # create_graph=True: the backward will be differentiated
+            gx, gw, gb = _InstanceNormGrad.apply(gy, x, weight, mean, rstd)
+        else:
+            gx, gw, gb = _norm_backward(gy, x, weight, mean, rstd)
         return gx, gw, gb, None
+
+
+def _norm_backward(gy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """First-order instance-norm gradients (gx, gw, gb); PyTorch's fused kernel for NCHW tensors."""
+    n, c, h, w = x.shape
+    if x.is_contiguous() and gy.is_contiguous():
+        return torch.ops.aten.native_group_norm_backward(gy, x, mean, rstd, weight, n, c, h * w, c,
+                                                         [True, True, True])
+    r, mu, gam = rstd, mean, weight[None, :]
+    s_gy = gy.mean((2, 3))
+    m_gyx = r * (_avg_prod(gy, x) - mu * s_gy)  # mean(gy x_hat)
+    k_x = -gam * r * r * m_gyx  # gx = gam r gy + k_x x + k_0
+    k_0 = -gam * r * s_gy - k_x * mu
+    gx = torch.addcmul(_bc(k_0), x, _bc(k_x))
+    gx.addcmul_(_bc(gam * r), gy)
+    return gx, (h * w * m_gyx).sum(0), (h * w * s_gy).sum(0)
 
 
 class _InstanceNormGrad(torch.autograd.Function):
@@ -66,51 +108,39 @@ class _InstanceNormGrad(torch.autograd.Function):
         d gy = weight r P(u) + a x_hat + b
         d w  = sum gy r P(u)
         d x  = r P(G) - x_hat r^2 / M * sum_HW u (g - mean(g) - x_hat c)
-    with c = mean(g x_hat), G = -r (c u + mean(u x_hat) g) + a gy.
+    with c = mean(g x_hat), G = -r (c u + mean(u x_hat) g) + a gy. All means reduce to the
+    per-(image, channel) scalars mean(gy), mean(gy x), mean(u), mean(u x), mean(u gy), so each
+    output is one chain of multiply-adds of u, gy and x (x_hat = r x - r mu is never stored).
     """
 
     @staticmethod
     def forward(ctx, gy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor):
-        n, c, h, w = x.shape
-        gx, gw, gb = torch.ops.aten.native_group_norm_backward(gy, x, mean, rstd, weight, n, c, h * w, c,
-                                                               [True, True, True])
         ctx.save_for_backward(gy, x, weight, mean, rstd)
-        return gx, gw, gb
+        return _norm_backward(gy, x, weight, mean, rstd)
 
     @staticmethod
     def backward(ctx, u: Tensor | None, a: Tensor | None, b: Tensor | None):
-        # Everything reduces to per-(image, channel) scalars times u, gy and x, so each output is
-        # a single chain of fused multiply-adds over the activations (x_hat = r x - r mu is never stored).
         gy, x, weight, mean, rstd = ctx.saved_tensors
-        n, c, h, w = x.shape
-        m = h * w
-        r, mu = rstd.view(n, c), mean.view(n, c)
-        gam = weight.view(1, c)
+        c = x.shape[1]
+        m = x.shape[2] * x.shape[3]
+        r, mu, gam = rstd, mean, weight[None, :]
         zero = x.new_zeros(1, c)
-        a_ = zero if a is None else a.view(1, c)
-        b_ = zero if b is None else b.view(1, c)
-
-        def avg_dot(p: Tensor, q: Tensor) -> Tensor:
-            return torch.einsum("nchw,nchw->nc", p, q) / m
-
-        def bc(t: Tensor) -> Tensor:
-            return t.reshape(t.shape[0], c, 1, 1)
-
+        a_ = zero if a is None else a[None, :]
+        b_ = zero if b is None else b[None, :]
         s_gy = gy.mean((2, 3))
-        m_gyx = r * (avg_dot(gy, x) - mu * s_gy)  # mean(gy x_hat)
+        m_gyx = r * (_avg_prod(gy, x) - mu * s_gy)  # mean(gy x_hat)
         if u is not None:
             m_u = u.mean((2, 3))
-            m_ux = r * (avg_dot(u, x) - mu * m_u)  # mean(u x_hat)
-            m_uy = avg_dot(u, gy)  # mean(u gy)
+            m_ux = r * (_avg_prod(u, x) - mu * m_u)  # mean(u x_hat)
+            m_uy = _avg_prod(u, gy)  # mean(u gy)
         else:
             m_u = m_ux = m_uy = torch.zeros_like(s_gy)
         # d gy = weight r P(u) + a x_hat + b = k_u u + k_x x_hat + k_0
-        k_u = gam * r
         k_x = a_ - gam * r * m_ux
         k_0 = b_ - gam * r * m_u
-        d_gy = torch.addcmul(bc(k_0 - k_x * r * mu), bc(k_x * r), x)
+        d_gy = torch.addcmul(_bc(k_0 - k_x * r * mu), x, _bc(k_x * r))
         if u is not None:
-            d_gy.addcmul_(bc(k_u), u)
+            d_gy.addcmul_(_bc(gam * r), u)
         d_w = (r * m * (m_uy - m_u * s_gy - m_ux * m_gyx)).sum(0) if u is not None else None
         # d x = r P(G) - x_hat r^2 / M g_r, with G = al1 u + al2 gy
         g_r = gam * m * (m_uy - s_gy * m_u - m_gyx * m_ux)
@@ -118,10 +148,10 @@ class _InstanceNormGrad(torch.autograd.Function):
         al2 = a_ - r * gam * m_ux
         c_x = -r * (al1 * m_ux + al2 * m_gyx) - g_r * r * r / m  # coefficient of x_hat
         c_0 = -r * (al1 * m_u + al2 * s_gy)
-        d_x = torch.addcmul(bc(c_0 - c_x * r * mu), bc(c_x * r), x)
-        d_x.addcmul_(bc(r * al2), gy)
+        d_x = torch.addcmul(_bc(c_0 - c_x * r * mu), x, _bc(c_x * r))
+        d_x.addcmul_(_bc(r * al2), gy)
         if u is not None:
-            d_x.addcmul_(bc(r * al1), u)
+            d_x.addcmul_(_bc(r * al1), u)
         return d_gy, d_x, d_w, None, None
 
 

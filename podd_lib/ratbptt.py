@@ -53,6 +53,7 @@ class RatBpttSettings:
     clip_factor: float = 2.0  # clip the poster gradient to clip_factor x EMA
     fixed_curriculum: int | None = None  # benchmarks only: always c plain steps
     real_chunk: int = 0  # >0: the real batch's gradient in chunks of this many images (same maths, less memory)
+    channels_last: bool = False  # run the network on channels-last batches (same maths, other kernels)
 
     def __post_init__(self) -> None:
         """Reject settings that make no curriculum."""
@@ -118,6 +119,8 @@ def inner_steps(
         if not differentiable:
             x, y = x.detach(), y.detach()
         x = augment(x, s.syn_aug, gen)
+        if s.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         loss = soft_cross_entropy(functional_call(model, params, (x,)), y)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable)
         params, state = adam_step(params, dict(zip(params, grads)), state, s.inner_lr)
@@ -219,6 +222,8 @@ class RatBptt:
 
         xr, yr = real.batch(s.bs, gen, features, step)
         xr = augment(xr, s.real_aug, gen)
+        if s.channels_last:
+            xr = xr.contiguous(memory_format=torch.channels_last)
         if s.real_chunk and xr.shape[0] > s.real_chunk:
             loss, grads = real_loss_grad_chunked(model, detached, xr, yr, s.real_chunk)
             surrogate = sum((params[k] * grads[k]).sum() for k in params)  # d surrogate / d theta_T = dL / d theta_T
