@@ -145,3 +145,20 @@ def test_instance_norm_module_uses_group_norm_under_vmap():
     x = torch.randn(2, 3, 4, 5, 5)
     out = torch.func.vmap(norm)(x)
     assert torch.allclose(out, torch.stack([F.group_norm(xi, 4, norm.weight, norm.bias, 1e-5) for xi in x]), atol=1e-6)
+
+
+def test_instance_norm_channels_last_path_matches_group_norm():
+    """Non-contiguous (channels-last) inputs take the hand-written first-order path too."""
+    from podd_lib.models import _InstanceNormFn
+
+    x, w, b = _norm_inputs(3)
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert not xc.is_contiguous()
+    f = lambda x, w, b: _InstanceNormFn.apply(x, w, b, 1e-5)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (xc, w, b))
+    assert torch.autograd.gradgradcheck(f, (xc, w, b))
+    gy = torch.randn(x.shape, dtype=x.dtype)
+    ours = torch.autograd.grad((f(xc, w, b) * gy).sum(), (xc, w, b))
+    ref = torch.autograd.grad((F.group_norm(x, 4, w, b, 1e-5) * gy).sum(), (x, w, b))
+    for a, r in zip(ours, ref):
+        assert torch.allclose(a, r, atol=1e-10)

@@ -124,7 +124,7 @@ def test_soft_cross_entropy_equals_hard_on_one_hot():
 # ----------------------------------------------------------------------------- issue #6: same maths, faster
 
 
-def _one_outer_grad(real_chunk=0, norm="instance", force_group_norm=False, monkeypatch=None):
+def _one_outer_grad(real_chunk=0, norm="instance", force_group_norm=False, monkeypatch=None, channels_last=False):
     from podd_lib.algorithm import RealSampler, SyntheticSet
     from podd_lib.ratbptt import RatBptt
 
@@ -135,7 +135,7 @@ def _one_outer_grad(real_chunk=0, norm="instance", force_group_norm=False, monke
     geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
     labels = PosterLabels([[0, 1]], geom, learned=True)
     s = RatBpttSettings(window=2, totwindow=3, bs_d=3, bs=24, inner_lr=0.01, real_chunk=real_chunk,
-                        syn_aug="none", real_aug="none")
+                        syn_aug="none", real_aug="none", channels_last=channels_last)
     torch.manual_seed(0)
     net = tiny_net(torch.float64, norm=norm)
     poster = torch.randn(1, 8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
@@ -160,4 +160,10 @@ def test_chunked_real_batch_gives_the_same_meta_gradient():
 def test_fast_instance_norm_gives_the_same_meta_gradient(monkeypatch):
     _, p0, y0 = _one_outer_grad()
     _, p1, y1 = _one_outer_grad(force_group_norm=True, monkeypatch=monkeypatch)
+    assert torch.allclose(p0, p1, rtol=1e-8, atol=1e-12) and torch.allclose(y0, y1, rtol=1e-8, atol=1e-12)
+
+
+def test_channels_last_gives_the_same_meta_gradient():
+    _, p0, y0 = _one_outer_grad()
+    _, p1, y1 = _one_outer_grad(channels_last=True, real_chunk=10)
     assert torch.allclose(p0, p1, rtol=1e-8, atol=1e-12) and torch.allclose(y0, y1, rtol=1e-8, atol=1e-12)
