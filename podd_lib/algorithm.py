@@ -102,6 +102,28 @@ class Algorithm(Protocol):
                   ) -> tuple[Tensor, dict]: ...
 
 
+@dataclass
+class ClassMatchSettings:
+    """DM's and DC's knobs: real images per class per step (both: 256), patch batch, augmentation."""
+
+    real_per_class: int = 256
+    bs_d: int = 96
+    aug: str = "flip_rotate"
+
+
+class ClassMatching:
+    """Base of the per-class matching algorithms (DM, DC): a network, settings, no extra leaves."""
+
+    name = "class-matching"
+
+    def __init__(self, model: nn.Module, s: ClassMatchSettings):
+        self.model, self.s = model, s
+
+    def extra_leaves(self) -> list[tuple[str, Tensor, float]]:
+        """Nothing is learned besides poster and Y."""
+        return []
+
+
 def embed(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
     """The network's features before its classifier, under params (DM, DREAM)."""
     return functional_call(model, params, (x,), {"embed": True})

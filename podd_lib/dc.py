@@ -15,14 +15,12 @@ is DC/DSA at one inner loop, their setting for 1 image per class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import functional_call
 
-from .algorithm import RealSampler, SyntheticSet, embed
+from .algorithm import ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, embed
 from .dm import siamese_augment
 from .models import seed_from
 from .ratbptt import reinit_params
@@ -42,26 +40,13 @@ def match_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
     return torch.stack([layer_distance(a, b) for a, b in zip(g_real, g_syn)]).sum()
 
 
-@dataclass
-class DCSettings:
-    """DC's knobs: real images per class per step (DC: 256), batch of patches, augmentation."""
-
-    real_per_class: int = 256
-    bs_d: int = 96
-    aug: str = "flip_rotate"
+DCSettings = ClassMatchSettings
 
 
-class GradientMatching:
+class GradientMatching(ClassMatching):
     """DC/DSA as a distillation algorithm over a SyntheticSet."""
 
     name = "dc"
-
-    def __init__(self, model: nn.Module, s: DCSettings):
-        self.model, self.s = model, s
-
-    def extra_leaves(self) -> list[tuple[str, Tensor, float]]:
-        """DC learns nothing besides poster and Y."""
-        return []
 
     def meta_loss(self, syn: SyntheticSet, real: RealSampler, gen: torch.Generator, step: int) -> tuple[Tensor, dict]:
         """A fresh network; per class, real-batch gradients against label-weighted patch gradients."""

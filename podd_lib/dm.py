@@ -14,12 +14,10 @@ With one-hot labels this is DM exactly. Real and synthetic images share the augm
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .algorithm import RealSampler, SyntheticSet, embed
+from .algorithm import ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, embed
 from .augment import augment
 from .models import seed_from
 from .ratbptt import reinit_params
@@ -46,26 +44,13 @@ def siamese_augment(x: Tensor, strategy: str, seed: int) -> Tensor:
     return augment(x, strategy, g)
 
 
-@dataclass
-class DMSettings:
-    """DM's knobs: real images per class per step (DM: 256), batch of patches, augmentation."""
-
-    real_per_class: int = 256
-    bs_d: int = 96
-    aug: str = "flip_rotate"
+DMSettings = ClassMatchSettings
 
 
-class DistributionMatching:
+class DistributionMatching(ClassMatching):
     """DM as a distillation algorithm over a SyntheticSet."""
 
     name = "dm"
-
-    def __init__(self, model: nn.Module, s: DMSettings):
-        self.model, self.s = model, s
-
-    def extra_leaves(self) -> list[tuple[str, Tensor, float]]:
-        """DM learns nothing besides poster and Y."""
-        return []
 
     def meta_loss(self, syn: SyntheticSet, real: RealSampler, gen: torch.Generator, step: int) -> tuple[Tensor, dict]:
         """A fresh network; per-class real means against label-weighted patch means."""
