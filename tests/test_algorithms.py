@@ -309,3 +309,28 @@ def test_per_class_posters_distil_end_to_end(tmp_path):
     assert (tmp_path / "pc" / "poster.png").exists()
     with pytest.raises(PoddError, match="fixed one-hot"):
         geometry_from_config(resolve_config("cifar10", 0.5, "smoke", {"per_class_posters": True, "labels": "learned"}))
+
+
+def test_imagefolder_export_is_atomic_and_handles_per_class_posters(tmp_path, monkeypatch):
+    from podd_lib.export import export_run
+
+    real = fake_real()
+    cfg = resolve_config("cifar10", 4, "smoke", {**tiny_cfg(per_class_posters=True, labels="fixed",
+                                                            patch_grid=[2, 2], steps=1)["user_overrides"]})
+    distill(cfg, real, [[k] for k in range(10)], tmp_path / "pc", progress=False)
+    run = load_run(tmp_path / "pc")
+    dest = tmp_path / "exp"
+    export_run(run, "imagefolder", dest)
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.glob("*/*.png"))
+    assert len(files) == 40 and files[0].startswith("airplane/") and (dest / "soft_labels.json").exists()
+    # a failing export leaves the previous one untouched and no temporary folder behind
+    import PIL.Image
+
+    def broken(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PIL.Image.Image, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_run(run, "imagefolder", dest)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.glob("*/*.png")) == files
+    assert not list(tmp_path.glob(".exp.*"))
