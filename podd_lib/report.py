@@ -100,7 +100,14 @@ def profile_deviations(dataset: str, profile: str, ipc: float = 1.0, overrides: 
     def shown(key: str, value: Any) -> str:
         return "0 (all)" if key.endswith("_per_class") and value == 0 else repr(value)
 
-    return [f"{k} = {shown(k, v)} (paper: {shown(k, base.get(k))})" for k, v in cfg["profile_overrides"].items()
+    from .config import algorithm_defaults
+
+    ours = algorithm_defaults()  # the other algorithms' settings: the kit's defaults, from their own papers
+
+    def ref(k: str) -> str:
+        return "default" if k in ours else "paper"
+
+    return [f"{k} = {shown(k, v)} ({ref(k)}: {shown(k, base.get(k))})" for k, v in cfg["profile_overrides"].items()
             if k not in unused]
 
 
