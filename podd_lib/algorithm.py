@@ -32,7 +32,6 @@ from .errors import PoddError
 from .poddl import PosterLabels, clip_labels_
 from .poster import PosterGeometry, extract_patches, poster_count
 
-ALGORITHMS = ("ratbptt", "mtt", "dm", "dc")
 Features = Callable[[Tensor], Tensor]
 
 
@@ -111,17 +110,21 @@ class ClassMatchSettings:
     aug: str = "flip_rotate"
 
 
-class ClassMatching:
-    """Base of the per-class matching algorithms (DM, DC): a network, settings, no extra leaves."""
+class PosterOnly:
+    """Mixin of the algorithms that learn nothing besides poster and Y (all but MTT)."""
+
+    def extra_leaves(self) -> list[tuple[str, Tensor, float]]:
+        """No learnable tensors of the algorithm's own."""
+        return []
+
+
+class ClassMatching(PosterOnly):
+    """Base of the per-class matching algorithms (DM, DC): a network and its settings."""
 
     name = "class-matching"
 
     def __init__(self, model: nn.Module, s: ClassMatchSettings):
         self.model, self.s = model, s
-
-    def extra_leaves(self) -> list[tuple[str, Tensor, float]]:
-        """Nothing is learned besides poster and Y."""
-        return []
 
 
 def embed(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -129,11 +132,19 @@ def embed(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
     return functional_call(model, params, (x,), {"embed": True})
 
 
+def frozen_features(model: nn.Module, params: dict[str, Tensor]) -> Features:
+    """x -> embed(model, params, x) without a graph: what DREAM clusters."""
+    def features(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return embed(model, params, x)
+
+    return features
+
+
 @dataclass
 class OuterSettings:
-    """The outer loop shared by every algorithm (paper 4.3 / the release)."""
+    """The outer loop's clipping, shared by every algorithm (paper 4.3 / the release); the Adam lr lives in the optimiser."""
 
-    lr: float = 1e-3
     clip_ema: float = 0.9
     clip_factor: float = 2.0
 

@@ -140,6 +140,16 @@ def check_algorithm(cfg: dict) -> None:
             raise PoddError(f"unknown {key} {cfg[key]!r}; choose one of {', '.join(allowed)}")
     if cfg["algorithm"] == "mtt" and cfg["sampling"] != "random":
         raise PoddError("MTT matches expert trajectories and draws no real batches; DREAM sampling does not apply")
+    if cfg.get("per_class_posters") and cfg["init"] != "normal":
+        raise PoddError("per-class posters start from N(0, 1) noise only (init=normal)")
+    for key, low in (("real_per_class", 1), ("dream_interval", 1), ("dream_pool", 0), ("dream_iters", 1),
+                     ("syn_steps", 1), ("expert_epochs", 1), ("max_start_epoch", 0), ("n_experts", 1),
+                     ("expert_bs", 1), ("real_chunk", 0)):
+        if not isinstance(cfg.get(key), int) or cfg[key] < low:
+            raise PoddError(f"{key} must be an integer >= {low}, got {cfg.get(key)!r}")
+    for key in ("syn_lr", "lr_lr", "lr_teacher"):
+        if not isinstance(cfg.get(key), (int, float)) or cfg[key] <= 0:
+            raise PoddError(f"{key} must be a positive number, got {cfg.get(key)!r}")
 
 
 def derive(cfg: dict) -> dict:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from .algorithm import ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, embed
+from .algorithm import ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, frozen_features
 from .dm import siamese_augment
 from .models import seed_from
 from .ratbptt import reinit_params
@@ -53,12 +53,7 @@ class GradientMatching(ClassMatching):
         params = reinit_params(self.model, gen)
         names = list(params)
         x, y = syn.sample(self.s.bs_d, gen)
-        detached = {k: p.detach() for k, p in params.items()}
-
-        def features(xr: Tensor) -> Tensor:
-            with torch.no_grad():
-                return embed(self.model, detached, xr)
-
+        features = frozen_features(self.model, {k: p.detach() for k, p in params.items()})
         total = x.new_zeros(())
         for c in range(real.n_classes):
             w = y[:, c]

@@ -144,12 +144,16 @@ def expert_settings(cfg: dict):
 
 
 def make_sampler(cfg: dict, x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int) -> RealSampler:
-    """Random real batches, or DREAM's representatives."""
+    """Random real batches, or DREAM's representatives; per-class sampling checks every class has images now."""
     if cfg["sampling"] == "dream":
         from .dream import DreamSampler
 
-        return DreamSampler(x_train, y_train, n_classes, cfg["dream_interval"], cfg["dream_pool"], cfg["dream_iters"])
-    return RealSampler(x_train, y_train, n_classes)
+        sampler = DreamSampler(x_train, y_train, n_classes, cfg["dream_interval"], cfg["dream_pool"], cfg["dream_iters"])
+    else:
+        sampler = RealSampler(x_train, y_train, n_classes)
+    if cfg["sampling"] == "dream" or cfg["algorithm"] in ("dm", "dc"):
+        sampler.by_class  # noqa: B018 -- a class without images fails here, before any compute
+    return sampler
 
 
 def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str = "cpu", real=None,
@@ -164,7 +168,7 @@ def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str 
         labels.table = labels.table.to(device)
     model = model_for(cfg, channels, device)
     s = settings_from_config(cfg)
-    outer = OuterSettings(lr=s.lr, clip_ema=s.clip_ema, clip_factor=s.clip_factor)
+    outer = OuterSettings(clip_ema=s.clip_ema, clip_factor=s.clip_factor)
     algo = make_algorithm(cfg, model, s, real, device, progress) if (real is not None or cfg["algorithm"] != "mtt") else None
     return Problem(geom, order, labels, model, s, algo, outer)
 
@@ -172,9 +176,7 @@ def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str 
 def initial_poster(cfg: dict, pb: Problem, channels: int, real=None) -> torch.Tensor:
     """The poster before distillation: N(0, 1) (paper), class areas (release), real or DREAM images."""
     seed = int(cfg["seed"])
-    if cfg.get("per_class_posters"):
-        if cfg["init"] != "normal":
-            raise PoddError("per-class posters start from N(0, 1) noise only (init=normal)")
+    if cfg.get("per_class_posters"):  # init=normal only (config.check_algorithm)
         g = torch.Generator().manual_seed(seed)
         return torch.randn(cfg["n_classes"], channels, pb.geom.d_h, pb.geom.d_w, generator=g)
     if cfg["init"] in ("real", "dream"):
@@ -287,7 +289,7 @@ def distill(
         st = restore_state(st, torch.load(ck_path, map_location="cpu", weights_only=False))
     atomic_write_json(out / "config.json", {**cfg, "order_grid": order, "geometry": pb.geom.to_dict()})
     x_train, y_train = real.x_train.to(device), real.y_train.to(device)
-    sampler = make_sampler(cfg, x_train, y_train, pb.geom.n_classes)
+    sampler = make_sampler(cfg, x_train, y_train, cfg["n_classes"])  # per-class posters: geom has 1 class
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg["steps"], initial=st.step, desc="distill", disable=not progress or bool(os.environ.get("CI")))

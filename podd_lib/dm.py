@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .algorithm import ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, embed
+from .algorithm import ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, embed, frozen_features
 from .augment import augment
 from .models import seed_from
 from .ratbptt import reinit_params
@@ -58,11 +58,7 @@ class DistributionMatching(ClassMatching):
         x, y = syn.sample(self.s.bs_d, gen)
         seed = seed_from(gen)
         emb_syn = embed(self.model, params, siamese_augment(x, self.s.aug, seed))
-
-        def features(xr: Tensor) -> Tensor:
-            with torch.no_grad():
-                return embed(self.model, params, xr)
-
+        features = frozen_features(self.model, params)
         means = []
         with torch.no_grad():
             for c in range(real.n_classes):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .algorithm import OuterSettings, RealSampler, SyntheticSet, embed
+from .algorithm import OuterSettings, PosterOnly, RealSampler, SyntheticSet, frozen_features
 from .algorithm import clip_by_ema as _clip_by_ema
 from .algorithm import outer_step as generic_outer_step
 from .augment import augment
@@ -33,7 +33,7 @@ from .errors import PoddError
 from .optim import AdamState, Params, adam_init, adam_step, detach_state
 from .models import seed_from
 from .poddl import PosterLabels
-from .poster import PosterGeometry, extract_patches, poster_count
+from .poster import PosterGeometry
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,7 @@ def patch_batch(
     poster: Tensor, Y: Tensor | None, labels: PosterLabels, geom: PosterGeometry, bs_d: int, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """A random batch of bs_d distinct patches (all of them when bs_d >= p) and their labels."""
-    n = geom.n_patches * poster_count(poster)
-    idx = torch.randperm(n, generator=gen, device=gen.device)[:bs_d].to(poster.device)
-    return extract_patches(poster, geom, idx), labels(Y, idx)
+    return SyntheticSet(poster, Y, labels, geom).sample(bs_d, gen)
 
 
 def inner_steps(
@@ -128,12 +126,6 @@ def inner_steps(
             params = {k: p.detach().requires_grad_(True) for k, p in params.items()}
             state = detach_state(state)
     return params, state
-
-
-def real_batch(x_train: Tensor, y_train: Tensor, bs: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """A random batch of bs distinct real images and labels (all of them when bs >= N)."""
-    idx = torch.randperm(x_train.shape[0], generator=gen, device=gen.device)[:bs].to(x_train.device)
-    return x_train[idx], y_train[idx]
 
 
 @dataclass
@@ -193,17 +185,13 @@ def real_loss_grad_chunked(model: nn.Module, params: Params, x: Tensor, y: Tenso
     return total, grads
 
 
-class RatBptt:
+class RatBptt(PosterOnly):
     """RaT-BPTT as a distillation algorithm (the paper's choice): steps 1-4 of the outer step above."""
 
     name = "ratbptt"
 
     def __init__(self, model: nn.Module, s: RatBpttSettings):
         self.model, self.s = model, s
-
-    def extra_leaves(self) -> list[tuple[str, Tensor, float]]:
-        """RaT-BPTT learns nothing besides poster and Y."""
-        return []
 
     def meta_loss(self, syn: SyntheticSet, real: RealSampler, gen: torch.Generator, step: int) -> tuple[Tensor, dict]:
         """Unroll a fresh network on patches (c plain + window differentiable steps); loss on a real batch."""
@@ -215,12 +203,7 @@ class RatBptt:
         params, state = inner_steps(model, params, state, syn.poster, syn.Y, syn.labels, syn.geom, s, s.window, gen,
                                     True)
         detached = {k: p.detach() for k, p in params.items()}
-
-        def features(x: Tensor) -> Tensor:
-            with torch.no_grad():
-                return embed(model, detached, x)
-
-        xr, yr = real.batch(s.bs, gen, features, step)
+        xr, yr = real.batch(s.bs, gen, frozen_features(model, detached), step)
         xr = augment(xr, s.real_aug, gen)
         if s.channels_last:
             xr = xr.contiguous(memory_format=torch.channels_last)
@@ -243,5 +226,5 @@ def outer_step(
 ) -> dict:
     """One RaT-BPTT outer step on the poster (and Y); returns loss, grad norm and curriculum c."""
     real = RealSampler(x_train, y_train, geom.n_classes)
-    outer = OuterSettings(lr=s.lr, clip_ema=s.clip_ema, clip_factor=s.clip_factor)
+    outer = OuterSettings(clip_ema=s.clip_ema, clip_factor=s.clip_factor)
     return generic_outer_step(st, RatBptt(model, s), labels, geom, real, outer)

@@ -334,3 +334,22 @@ def test_imagefolder_export_is_atomic_and_handles_per_class_posters(tmp_path, mo
         export_run(run, "imagefolder", dest)
     assert sorted(p.relative_to(dest).as_posix() for p in dest.glob("*/*.png")) == files
     assert not list(tmp_path.glob(".exp.*"))
+
+
+def test_algorithm_settings_are_checked_before_any_data():
+    for over, msg in (({"real_per_class": 0}, "real_per_class must be an integer >= 1"),
+                      ({"dream_interval": 0}, "dream_interval must be"),
+                      ({"syn_steps": 2.5}, "syn_steps must be an integer"),
+                      ({"syn_lr": -0.01}, "syn_lr must be a positive"),
+                      ({"per_class_posters": True, "labels": "fixed", "init": "real"}, "init=normal")):
+        with pytest.raises(PoddError, match=msg):
+            resolve_config("cifar10", 1.0, "smoke", over)
+
+
+def test_dm_run_with_an_empty_class_fails_before_any_step(tmp_path):
+    real = fake_real()
+    keep = real.y_train != 9
+    real.x_train, real.y_train = real.x_train[keep], real.y_train[keep]
+    with pytest.raises(PoddError, match="class 9 has no training images"):
+        distill(tiny_cfg(algorithm="dm", real_per_class=3), real, ORDER, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
