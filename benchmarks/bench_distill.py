@@ -3,24 +3,32 @@
     python benchmarks/bench_distill.py --setting cpu-bench            # the issue's CPU setting
     python benchmarks/bench_distill.py --setting paper --device cuda  # CIFAR-10 paper settings
     python benchmarks/bench_distill.py --setting smoke                # seconds; CI runs this
-    python benchmarks/bench_distill.py --parts outer_step --norm-impl group_norm --set real_chunk=0   # "before"
+    python benchmarks/bench_distill.py --parts outer_step --before        # the step before issue #6
 
 Prints one JSON line per measured part: median seconds, steps per second, peak memory (CPU
 max RSS of this process, or CUDA max allocated). Data is random (timing does not depend on
 pixel values); warm-up steps are excluded from the median.
+
+--before is the outer step as it was before the speed work: plain ConvNet layers (F.group_norm
+and autograd's double backward), NCHW batches, the real batch in one piece, 4 KB pages, and
+backward() into every leaf. Everything else in the step is today's code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+# Must precede the first large CPU allocation (podd_lib sets the same default on import).
+os.environ["THP_MEM_ALLOC_ENABLE"] = "0" if "--before" in sys.argv else os.environ.get("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -88,7 +96,8 @@ def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: 
              for _ in range(s["warmup"] + n)][s["warmup"]:]
     return report("outer_step", setting, times, device, width=cfg["width"], window=cfg["window"], bs=cfg["bs"],
                   bs_d=cfg["bs_d"], curriculum=cfg.get("fixed_curriculum", "random"), real_chunk=cfg["real_chunk"],
-                  norm_impl=NORM_IMPL)
+                  channels_last=cfg["channels_last"], block=BLOCK_IMPL,
+                  thp=os.environ.get("THP_MEM_ALLOC_ENABLE"), before=BLOCK_IMPL == "layers")
 
 
 def bench_evaluation(setting: str, device: str) -> dict:
@@ -120,16 +129,35 @@ def bench_extraction(setting: str, device: str, reps: int = 50) -> dict:
     return report("extraction", setting, times, device, patches=pb.geom.n_patches)
 
 
-NORM_IMPL = "custom"
+BLOCK_IMPL = "fused"
+BEFORE = {"real_chunk": 0, "channels_last": False}
 
 
-def use_group_norm_everywhere() -> None:
-    """The "before" instance norm: F.group_norm and autograd's generic double backward."""
+def use_plain_layers() -> None:
+    """The ConvNet as separate layers: F.group_norm and autograd's generic double backward."""
     import podd_lib.models as models
 
-    global NORM_IMPL
+    global BLOCK_IMPL
     models._under_functorch = lambda x: True
-    NORM_IMPL = "group_norm"
+    BLOCK_IMPL = "layers"
+
+
+def use_backward_into_every_leaf() -> None:
+    """The outer backward as it was: loss.backward(), which also fills the inner network's leaves."""
+    import podd_lib.algorithm as algorithm
+
+    def grads_of_leaves(st, loss):
+        loss.backward()
+
+    algorithm.outer_grads = grads_of_leaves
+
+
+def keep_freed_memory() -> bool:
+    """glibc: serve large blocks from the heap and keep freed memory (no page faults; more RSS)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**31 - 1))  # M_MMAP_MAX, M_TRIM_THRESHOLD
 
 
 def main() -> None:
@@ -140,17 +168,23 @@ def main() -> None:
     p.add_argument("--parts", default="extraction,outer_step,evaluation")
     p.add_argument("--steps", type=int, default=None, help="timed outer steps (after warm-up)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for the outer step")
-    p.add_argument("--norm-impl", choices=("custom", "group_norm"), default="custom",
-                   help="instance norm: the kit's double backward (default) or group_norm's (the 'before')")
+    p.add_argument("--before", action="store_true", help="the outer step as it was before issue #6 (see above)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc malloc keeps freed memory for reuse: faster on CPU, more peak RSS")
     args = p.parse_args()
-    if args.norm_impl == "group_norm":
-        use_group_norm_everywhere()
+    sets = parse_sets(args.set)
+    if args.before:
+        use_plain_layers()
+        use_backward_into_every_leaf()
+        sets = {**BEFORE, **sets}
+    if args.keep_freed_memory and not keep_freed_memory():
+        p.error("--keep-freed-memory needs glibc's mallopt")
     torch.manual_seed(0)
     parts = args.parts.split(",")
     if "extraction" in parts:
         bench_extraction(args.setting, args.device)
     if "outer_step" in parts:
-        bench_outer_step(args.setting, args.device, args.steps, parse_sets(args.set))
+        bench_outer_step(args.setting, args.device, args.steps, sets)
     if "evaluation" in parts:
         bench_evaluation(args.setting, args.device)
 

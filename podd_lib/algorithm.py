@@ -166,10 +166,21 @@ def check_finite(loss: Tensor, step: int) -> None:
         raise FloatingPointError(f"non-finite loss {float(loss.detach())} at outer step {step}")
 
 
+def outer_grads(st, loss: Tensor) -> None:
+    """Set .grad of the outer leaves (poster, Y, an algorithm's extras) to d loss / d leaf.
+
+    Only those: loss.backward() would also fill the .grad of every other leaf in the graph (the
+    inner network's starting weights), work that nothing reads.
+    """
+    leaves = [p for group in st.opt.param_groups for p in group["params"]]
+    for p, g in zip(leaves, torch.autograd.grad(loss, leaves, allow_unused=True)):
+        p.grad = g
+
+
 def apply_outer_update(st, loss: Tensor, clip_ema: float, clip_factor: float) -> float:
     """Backpropagate loss into poster/Y/extras, clip the poster gradient, step Adam, clip Y; returns the norm."""
     st.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    outer_grads(st, loss)
     if st.poster.grad is None:
         raise PoddError("the algorithm's loss does not depend on the poster")
     norm, st.ema = clip_by_ema(st.poster.grad, st.ema, clip_ema, clip_factor)

@@ -53,7 +53,7 @@ class RatBpttSettings:
     clip_factor: float = 2.0  # clip the poster gradient to clip_factor x EMA
     fixed_curriculum: int | None = None  # benchmarks only: always c plain steps
     real_chunk: int = 0  # >0: the real batch's gradient in chunks of this many images (same maths, less memory)
-    channels_last: bool = False  # run the network on channels-last batches (same maths, other kernels)
+    channels_last: bool = False  # run the network on channels-last batches (same maths, other kernels; config default true)
 
     def __post_init__(self) -> None:
         """Reject settings that make no curriculum."""

@@ -20,3 +20,16 @@ def test_bench_distill_smoke_prints_one_json_line_per_part():
     for r in rows:
         assert r["median_s"] > 0 and r["peak_mem_gb"] > 0 and r["setting"] == "smoke"
     assert rows[2]["speedup_vs_sequential"] > 0
+
+
+def test_bench_distill_before_mode_and_malloc_option_run():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_distill.py"), "--setting", "smoke", "--parts", "outer_step",
+         "--before", "--keep-freed-memory"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env={"CI": "1", "PATH": "/usr/bin:/bin",
+                                                                   "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert row["before"] and row["block"] == "layers" and row["real_chunk"] == 0 and row["thp"] == "0"
+    assert row["channels_last"] is False

@@ -162,3 +162,75 @@ def test_instance_norm_channels_last_path_matches_group_norm():
     ref = torch.autograd.grad((F.group_norm(x, 4, w, b, 1e-5) * gy).sum(), (x, w, b))
     for a, r in zip(ours, ref):
         assert torch.allclose(a, r, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- a ConvNet block as one op (issue #6)
+
+
+def _block_inputs(fmt, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 2, 4, 6, dtype=torch.float64, generator=g).contiguous(memory_format=fmt)
+    W = torch.randn(3, 2, 3, 3, dtype=torch.float64, generator=g)
+    cb, gamma, beta = (torch.randn(3, dtype=torch.float64, generator=g) for _ in range(3))
+    return [t.requires_grad_(True) for t in (x, W, cb, gamma + 2, beta)]
+
+
+def _block_ref(x, W, cb, gamma, beta):
+    return F.avg_pool2d(F.relu(F.group_norm(F.conv2d(x, W, cb, padding=1), W.shape[0], gamma, beta, 1e-5)), 2)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_conv_block_passes_gradcheck_and_gradgradcheck(fmt):
+    from podd_lib.models import _ConvBlockFn
+
+    f = lambda *a: _ConvBlockFn.apply(*a, 1e-5)  # noqa: E731
+    args = _block_inputs(fmt)
+    assert torch.allclose(f(*args), _block_ref(*args), atol=1e-12)
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+    x0 = args[0].detach()  # the first block of an inner step: its input (the patches) not differentiated
+    assert torch.autograd.gradgradcheck(lambda *a: f(x0, *a), args[1:])
+
+
+def test_conv_block_second_derivatives_equal_autograd_of_the_layers():
+    """The outer meta-gradient path: d/d(x, W, gamma) of a function of the first-order gradients."""
+    from podd_lib.models import _ConvBlockFn
+
+    def second(fn):
+        x, W, cb, gamma, beta = _block_inputs(torch.channels_last, 4)
+        p = fn(x, W, cb, gamma, beta)
+        gp = torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(1))
+        gs = torch.autograd.grad((p * gp).sum() + (p ** 2).sum(), (x, W, cb, gamma, beta), create_graph=True)
+        s = sum((g ** 2).sum() for g in gs) + (gs[1] * W).sum()
+        return torch.autograd.grad(s, (x, W, cb, gamma))
+
+    ours = second(lambda *a: _ConvBlockFn.apply(*a, 1e-5))
+    ref = second(_block_ref)
+    for a, r in zip(ours, ref):
+        assert torch.allclose(a, r, atol=1e-9, rtol=1e-9)
+    bad = second(lambda x, W, cb, g, b: _block_ref(x, W, cb, g * 1.01, b))  # the comparison can fail
+    assert not torch.allclose(bad[0], ref[0], atol=1e-6)
+
+
+def test_convnet_uses_the_fused_block_and_matches_the_layers(monkeypatch):
+    import podd_lib.models as models
+
+    torch.manual_seed(0)
+    net = ConvNet(3, 10, width=8, depth=2, im_size=(8, 8)).double()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    calls = []
+    real_apply = models._ConvBlockFn.apply
+    monkeypatch.setattr(models._ConvBlockFn, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    out = net(x)
+    assert len(calls) == 2
+    monkeypatch.setattr(models, "_under_functorch", lambda t: True)  # the plain layers
+    assert torch.allclose(out, net(x), atol=1e-12)
+    assert len(calls) == 2
+
+
+def test_convnet_odd_feature_maps_take_the_plain_layers():
+    torch.manual_seed(0)
+    net = ConvNet(3, 10, width=4, depth=3, im_size=(12, 12)).double()  # 12 -> 6 -> 3: the last block is odd
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, requires_grad=True)
+    ref = F.linear(torch.nn.Sequential(*net.features)(x).flatten(1), net.classifier.weight, net.classifier.bias)
+    assert torch.allclose(net(x), ref, atol=1e-12)
