@@ -100,9 +100,10 @@ def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: 
                   thp=os.environ.get("THP_MEM_ALLOC_ENABLE"), before=BLOCK_IMPL == "layers")
 
 
-def bench_evaluation(setting: str, device: str) -> dict:
+def bench_evaluation(setting: str, device: str, steps: int | None = None) -> dict:
     """Seconds to train eval_models networks for eval_steps steps together (vmap) and one by one."""
-    s = SETTINGS[setting]
+    s = dict(SETTINGS[setting])
+    s["eval_steps"] = steps or s["eval_steps"]
     x = torch.randn(96, 3, 32, 32)
     y = torch.softmax(torch.randn(96, 10), 1)
     xt, yt = torch.randn(500, 3, 32, 32), torch.randint(0, 10, (500,))
@@ -111,7 +112,8 @@ def bench_evaluation(setting: str, device: str) -> dict:
     together = timed(lambda: train_and_test(x, y, xt, yt, vectorize=True, **kw), device)
     apart = timed(lambda: train_and_test(x, y, xt, yt, vectorize=False, **kw), device)
     return report("evaluation", setting, [together], device, models=s["eval_models"], steps=s["eval_steps"],
-                  width=s["eval_width"], sequential_s=round(apart, 3), speedup_vs_sequential=round(apart / together, 3))
+                  width=s["eval_width"], sequential_s=round(apart, 3), speedup_vs_sequential=round(apart / together, 3),
+                  block=BLOCK_IMPL)
 
 
 def bench_extraction(setting: str, device: str, reps: int = 50) -> dict:
@@ -135,10 +137,12 @@ BEFORE = {"real_chunk": 0, "channels_last": False}
 
 def use_plain_layers() -> None:
     """The ConvNet as separate layers: F.group_norm and autograd's generic double backward."""
+    import podd_lib.evaluate as evaluate
     import podd_lib.models as models
 
     global BLOCK_IMPL
     models._under_functorch = lambda x: True
+    evaluate.CHANNELS_LAST = False
     BLOCK_IMPL = "layers"
 
 
@@ -168,6 +172,7 @@ def main() -> None:
     p.add_argument("--parts", default="extraction,outer_step,evaluation")
     p.add_argument("--steps", type=int, default=None, help="timed outer steps (after warm-up)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for the outer step")
+    p.add_argument("--eval-steps", type=int, default=None, help="training steps of the evaluation part")
     p.add_argument("--before", action="store_true", help="the outer step as it was before issue #6 (see above)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc malloc keeps freed memory for reuse: faster on CPU, more peak RSS")
@@ -186,7 +191,7 @@ def main() -> None:
     if "outer_step" in parts:
         bench_outer_step(args.setting, args.device, args.steps, sets)
     if "evaluation" in parts:
-        bench_evaluation(args.setting, args.device)
+        bench_evaluation(args.setting, args.device, args.eval_steps)
 
 
 if __name__ == "__main__":

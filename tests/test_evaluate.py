@@ -178,3 +178,20 @@ def test_bad_input_raises_before_compute():
         evaluate_distilled(x[..., :8, :8], ys, ToyReal(x, y, x, y), progress=False)
     with pytest.raises(PoddError, match="not JSON-serialisable"):
         save_eval({"t": torch.zeros(1)}, "/tmp/never-written.json")
+
+
+def test_channels_last_loop_gives_the_same_models_and_accuracy(monkeypatch):
+    """Issue #6: the loop over models runs channels-last batches through the fused block; same results."""
+    import podd_lib.evaluate as ev
+
+    x, y = blobs(24, dtype=torch.float64)
+    xt, yt = blobs(64, seed=1, dtype=torch.float64)
+    ys = F.one_hot(y, 2).double() * 0.8 + 0.1
+    kw = dict(num_models=2, steps=(6,), bs_d=8, arch_kwargs=TINY, progress=False, return_params=True,
+              seed=5, vectorize=False)
+    on = train_and_test(x, ys, xt, yt, **kw)
+    monkeypatch.setattr(ev, "CHANNELS_LAST", False)
+    off = train_and_test(x, ys, xt, yt, **kw)
+    for n in on["params"]:
+        torch.testing.assert_close(on["params"][n], off["params"][n], atol=1e-9, rtol=1e-9)
+    assert on["by_step"][-1]["acc_pct"] == off["by_step"][-1]["acc_pct"]

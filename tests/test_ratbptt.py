@@ -167,3 +167,32 @@ def test_channels_last_gives_the_same_meta_gradient():
     _, p0, y0 = _one_outer_grad()
     _, p1, y1 = _one_outer_grad(channels_last=True, real_chunk=10)
     assert torch.allclose(p0, p1, rtol=1e-8, atol=1e-12) and torch.allclose(y0, y1, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_block_gives_the_same_poster_after_three_outer_steps(monkeypatch, channels_last):
+    """Issue #6: the fused ConvNet block and channels-last change kernels, not results (float64)."""
+    import podd_lib.models as models
+
+    def posters(plain_layers):
+        if plain_layers:
+            monkeypatch.setattr(models, "_under_functorch", lambda t: True)
+        geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
+        labels = PosterLabels([[0, 1]], geom, learned=True)
+        s = RatBpttSettings(window=2, totwindow=4, bs_d=3, bs=16, inner_lr=0.01, real_chunk=5,
+                            channels_last=channels_last and not plain_layers)
+        torch.manual_seed(0)
+        net = make_model("convnet", channels=1, num_classes=2, im_size=(8, 8), width=4, depth=2).double()
+        poster = torch.randn(1, 8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        st = make_outer_state(poster, labels.Y.double(), s, torch.Generator().manual_seed(3))
+        g = torch.Generator().manual_seed(2)
+        x, y = torch.randn(40, 1, 8, 8, dtype=torch.float64, generator=g), torch.randint(0, 2, (40,), generator=g)
+        for _ in range(3):
+            outer_step(st, net, labels, geom, x, y, s)
+        monkeypatch.undo()
+        return st.poster.detach(), st.Y.detach()
+
+    (p0, y0), (p1, y1) = posters(plain_layers=True), posters(plain_layers=False)
+    assert torch.allclose(p0, p1, rtol=1e-9, atol=1e-10) and torch.allclose(y0, y1, rtol=1e-9, atol=1e-10)
+    assert not torch.allclose(p0, torch.randn(1, 8, 16, dtype=torch.float64,
+                                              generator=torch.Generator().manual_seed(1)), atol=1e-4)  # it moved
