@@ -37,6 +37,7 @@ from podd_lib.distill import build_problem, initial_state  # noqa: E402
 from podd_lib.evaluate import train_and_test  # noqa: E402
 from podd_lib.poster import extract_patches  # noqa: E402
 from podd_lib.ratbptt import outer_step  # noqa: E402
+from podd_lib.runtime import keep_freed_memory  # noqa: E402
 
 ORDER = [[9, 0, 2, 4, 3], [1, 8, 6, 7, 5]]
 
@@ -156,14 +157,6 @@ def use_backward_into_every_leaf() -> None:
     algorithm.outer_grads = grads_of_leaves
 
 
-def keep_freed_memory() -> bool:
-    """glibc: serve large blocks from the heap and keep freed memory (no page faults; more RSS)."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**31 - 1))  # M_MMAP_MAX, M_TRIM_THRESHOLD
-
-
 def main() -> None:
     """Parse arguments and run the chosen parts."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -182,7 +175,7 @@ def main() -> None:
         use_plain_layers()
         use_backward_into_every_leaf()
         sets = {**BEFORE, **sets}
-    if args.keep_freed_memory and not keep_freed_memory():
+    if args.keep_freed_memory and not keep_freed_memory():  # podd_lib.runtime
         p.error("--keep-freed-memory needs glibc's mallopt")
     torch.manual_seed(0)
     parts = args.parts.split(",")

@@ -13,6 +13,7 @@ One module per concept of the paper:
   data      -- CIFAR-10/100, CUB-200, Tiny-ImageNet, any ImageFolder; ZCA whitening
   evaluate  -- the evaluation protocol (K fresh networks trained on the distilled set)
   config    -- paper configs and profiles (smoke / quick / paper)
+  runtime   -- process-wide speed and memory settings (CPU allocator)
   cli       -- the `podd` command
 """
 

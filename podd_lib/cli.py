@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-download", action="store_true", help="never download datasets")
         sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
         sp.add_argument("--no-zca", action="store_true", help="mean/std normalisation instead of ZCA")
+        sp.add_argument("--keep-freed-memory", action="store_true",
+                        help="CPU: glibc keeps freed memory for reuse (faster, more peak memory; same results)")
 
     sp = sub.add_parser("distill", help="distill a poster")
     common(sp)
@@ -265,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `podd` and `python -m podd_lib`."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "keep_freed_memory", False):
+        from .runtime import keep_freed_memory
+
+        if not keep_freed_memory():
+            print("podd: warning: --keep-freed-memory needs glibc; ignored", file=sys.stderr)
     try:
         args.fn(args)
     except PoddError as e:

@@ -103,3 +103,20 @@ def test_other_algorithms_and_experts_on_an_imagefolder(tmp_path, capsys, monkey
     assert code == 0, err
     code, _, err = run(capsys, "distill", *base, "--algorithm", "mtt", "--sampling", "dream", "--out", str(tmp_path / "x"))
     assert code == 2 and "DREAM sampling does not apply" in err and err.count("\n") == 1
+
+
+def test_keep_freed_memory_flag_and_runtime_switch():
+    import subprocess
+    import sys
+
+    from podd_lib.cli import build_parser
+
+    args = build_parser().parse_args(["distill", "--dataset", "cifar10", "--out", "x", "--keep-freed-memory"])
+    assert args.keep_freed_memory
+    assert not build_parser().parse_args(["distill", "--dataset", "cifar10", "--out", "x"]).keep_freed_memory
+    # in a child process: the switch lasts for the whole process
+    code = ("import torch; from podd_lib.runtime import keep_freed_memory; ok = keep_freed_memory(); "
+            "x = torch.ones(96, 128, 32, 32); print(ok, float((x * 2).sum()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", str(float(2 * 96 * 128 * 32 * 32))]
