@@ -83,9 +83,11 @@ def report(part: str, setting: str, times: list[float], device: str, **extra) ->
     return row
 
 
-def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: dict | None = None) -> dict:
+def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: dict | None = None,
+                     warmup: int | None = None) -> dict:
     """Median seconds of the RaT-BPTT outer step."""
-    s = SETTINGS[setting]
+    s = dict(SETTINGS[setting])
+    s["warmup"] = s["warmup"] if warmup is None else warmup
     cfg = resolve_config("cifar10", 1.0, "paper", {**s["over"], **(sets or {})})
     pb = build_problem(cfg, ORDER, 3, device)
     st = initial_state(cfg, pb, 3, device)
@@ -165,6 +167,9 @@ def main() -> None:
     p.add_argument("--parts", default="extraction,outer_step,evaluation")
     p.add_argument("--steps", type=int, default=None, help="timed outer steps (after warm-up)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for the outer step")
+    p.add_argument("--warmup", type=int, default=None, help="untimed outer steps first (default: the setting's)")
+    p.add_argument("--memory-limit-gb", type=float, default=None,
+                   help="cap this process's address space; running out is reported as a JSON line, not a crash")
     p.add_argument("--eval-steps", type=int, default=None, help="training steps of the evaluation part")
     p.add_argument("--before", action="store_true", help="the outer step as it was before issue #6 (see above)")
     p.add_argument("--keep-freed-memory", action="store_true",
@@ -181,8 +186,19 @@ def main() -> None:
     parts = args.parts.split(",")
     if "extraction" in parts:
         bench_extraction(args.setting, args.device)
+    if args.memory_limit_gb:
+        limit = int(args.memory_limit_gb * 1e9)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if "outer_step" in parts:
-        bench_outer_step(args.setting, args.device, args.steps, sets)
+        try:
+            bench_outer_step(args.setting, args.device, args.steps, sets, args.warmup)
+        except (MemoryError, RuntimeError) as e:  # torch reports a failed CPU allocation as RuntimeError
+            if args.memory_limit_gb is None or "memory" not in str(e).lower():
+                raise
+            print(json.dumps({"part": "outer_step", "setting": args.setting, "device": args.device,
+                              "error": f"out of memory under --memory-limit-gb {args.memory_limit_gb}",
+                              "peak_mem_gb": round(peak_memory_gb(args.device), 3), "before": args.before}),
+                  flush=True)
     if "evaluation" in parts:
         bench_evaluation(args.setting, args.device, args.eval_steps)
 
