@@ -147,6 +147,9 @@ def check_algorithm(cfg: dict) -> None:
                      ("expert_bs", 1), ("real_chunk", 0)):
         if not isinstance(cfg.get(key), int) or cfg[key] < low:
             raise PoddError(f"{key} must be an integer >= {low}, got {cfg.get(key)!r}")
+    for key in ("channels_last", "fused_blocks", "per_class_posters"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise PoddError(f"{key} must be true or false, got {cfg.get(key)!r}")
     for key in ("syn_lr", "lr_lr", "lr_teacher"):
         if not isinstance(cfg.get(key), (int, float)) or cfg[key] <= 0:
             raise PoddError(f"{key} must be a positive number, got {cfg.get(key)!r}")

@@ -68,7 +68,7 @@ def adapt_config_to_data(cfg: dict, real) -> dict:
 
 def model_for(cfg: dict, channels: int, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The network of a config, on device."""
-    return make_model(
+    model = make_model(
         cfg["arch"],
         channels=channels,
         num_classes=cfg["n_classes"],
@@ -78,6 +78,9 @@ def model_for(cfg: dict, channels: int, device: str | torch.device = "cpu") -> t
         norm=cfg["norm"],
         pool=cfg["pool"],
     ).to(device)
+    if hasattr(model, "fused_blocks"):
+        model.fused_blocks = bool(cfg.get("fused_blocks", True))
+    return model
 
 
 @dataclass

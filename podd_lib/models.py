@@ -344,6 +344,8 @@ def make_pool(pool: str) -> nn.Module:
 class ConvNet(nn.Module):
     """The dataset-distillation ConvNet: depth x (conv3x3 -> norm -> ReLU -> pool), then a linear layer."""
 
+    fused_blocks = True  # instance-norm, avg-pool blocks as one op (`_ConvBlockFn`); False: layer by layer
+
     def __init__(
         self,
         channels: int = 3,
@@ -377,7 +379,7 @@ class ConvNet(nn.Module):
         layers = list(self.features)
         for i in range(0, len(layers), 4):
             conv, norm, relu, pool = layers[i : i + 4]
-            if (isinstance(norm, InstanceNorm) and isinstance(pool, nn.AvgPool2d) and conv.bias is not None
+            if (self.fused_blocks and isinstance(norm, InstanceNorm) and isinstance(pool, nn.AvgPool2d) and conv.bias is not None
                     and x.dim() == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
                     and not any(_under_functorch(t) for t in (x, conv.weight, norm.weight))):
                 x = _ConvBlockFn.apply(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)

@@ -234,3 +234,23 @@ def test_convnet_odd_feature_maps_take_the_plain_layers():
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64, requires_grad=True)
     ref = F.linear(torch.nn.Sequential(*net.features)(x).flatten(1), net.classifier.weight, net.classifier.bias)
     assert torch.allclose(net(x), ref, atol=1e-12)
+
+
+def test_fused_blocks_switch_from_the_config(monkeypatch):
+    import podd_lib.models as models
+    from podd_lib.config import resolve_config
+    from podd_lib.distill import model_for
+    from podd_lib.errors import PoddError
+
+    calls = []
+    real_apply = models._ConvBlockFn.apply
+    monkeypatch.setattr(models._ConvBlockFn, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    x = torch.randn(2, 3, 32, 32)
+    on = model_for(resolve_config("cifar10", 1.0, "smoke"), 3)
+    off = model_for(resolve_config("cifar10", 1.0, "smoke", {"fused_blocks": False}), 3)
+    off.load_state_dict(on.state_dict())
+    assert on.fused_blocks and not off.fused_blocks
+    assert torch.allclose(on(x), off(x), atol=1e-5)
+    assert len(calls) == 3  # the depth-3 network's blocks, from `on` only
+    with pytest.raises(PoddError, match="fused_blocks must be true or false"):
+        resolve_config("cifar10", 1.0, "smoke", {"fused_blocks": "maybe"})
