@@ -113,6 +113,7 @@ class _InstanceNormGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor):
         ctx.save_for_backward(gy, x, weight, mean, rstd)
+        ctx.set_materialize_grads(False)
         return _norm_backward(gy, x, weight, mean, rstd)
 
     @staticmethod
@@ -212,19 +213,20 @@ def _conv_grads(gz: Tensor, x: Tensor, weight: Tensor, need_x: bool) -> tuple[Te
                                                [0, 0], 1, [need_x, True, True])
 
 
-def _block_backward(gp: Tensor, x: Tensor, weight: Tensor, z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor,
-                    rstd: Tensor, need_x: bool) -> tuple[Tensor | None, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """First-order gradients (gx, gW, g_bias, g_gamma, g_beta) of a block, and gz on the way."""
+def _z_grad(gp: Tensor, z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, rstd: Tensor
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(gz, g_gamma, g_beta, gy): from the pooled output's gradient back through pool, ReLU and the norm."""
     gy = _unpool_masked_(_relu_mask(z, gamma, beta, mean, rstd), gp)  # ReLU and pool: M U(gp)
     gz, g_gamma, g_beta = _norm_backward(gy, z, gamma, mean, rstd)
-    gx, gw, gb = _conv_grads(gz, x, weight, need_x)
-    return gx, gw, gb, g_gamma, g_beta, gz
+    return gz, g_gamma, g_beta, gy
 
 
 class _ConvBlockFn(torch.autograd.Function):
     """avg_pool2x2(relu(instance_norm(conv3x3(x)))): one ConvNet block as one op (same maths).
 
-    Saved for the backward: the block's input x, its conv output z and z's per-(image, channel)
+    Returns the block's output p and its conv output z (callers use p; z is returned so that the
+    double backward can send its z-gradient here, to be summed with p's before one pass back
+    through the conv). Saved for the backward: the input x, z and z's per-(image, channel)
     statistics; the ReLU mask is recomputed from z. When the backward is itself differentiated
     (RaT-BPTT's unrolled steps), `_ConvBlockGrad` recomputes the conv output gradient gz from the
     small pooled gradient instead of keeping it, which is what autograd's conv double backward
@@ -232,71 +234,83 @@ class _ConvBlockFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, eps: float):
         z = F.conv2d(x, weight, bias, padding=1)
         y, mean, rstd = _fused_norm(z, gamma, beta, eps)
-        ctx.save_for_backward(x, weight, bias, z, gamma, beta, mean, rstd)
-        return F.avg_pool2d(y.relu_(), 2)
+        ctx.save_for_backward(x, weight, z, gamma, beta, mean, rstd)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a tensor of zeros
+        return F.avg_pool2d(y.relu_(), 2), z
 
     @staticmethod
-    def backward(ctx, gp: Tensor):
-        x, weight, bias, z, gamma, beta, mean, rstd = ctx.saved_tensors
+    def backward(ctx, gp: Tensor | None, gz_extra: Tensor | None):
+        x, weight, z, gamma, beta, mean, rstd = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
+        gx = g_gamma = g_beta = None
+        if gp is None and gz_extra is None:
+            return None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: the backward will be differentiated
-            gx, gw, gb, g_gamma, g_beta = _ConvBlockGrad.apply(gp, x, weight, bias, z, gamma, beta, mean, rstd,
-                                                               need_x)
+            gw = gb = 0
+            if gp is not None:
+                gx, gw, gb, g_gamma, g_beta = _ConvBlockGrad.apply(gp, x, weight, z, gamma, beta, mean, rstd, need_x)
+            if gz_extra is not None:  # third order (gradgradcheck): plain autograd ops
+                ex, ew, eb = _conv_grads(gz_extra, x, weight, need_x)
+                gx = ex if gx is None or not need_x else gx + ex
+                gw, gb = gw + ew, gb + eb
         else:
-            gx, gw, gb, g_gamma, g_beta, _ = _block_backward(gp, x, weight, z, gamma, beta, mean, rstd, need_x)
+            gz = gz_extra
+            if gp is not None:
+                gz, g_gamma, g_beta, _ = _z_grad(gp, z, gamma, beta, mean, rstd)
+                if gz_extra is not None:
+                    gz.add_(gz_extra)
+            gx, gw, gb = _conv_grads(gz, x, weight, need_x)
         return (gx if need_x else None), gw, gb, g_gamma, g_beta, None
 
 
 class _ConvBlockGrad(torch.autograd.Function):
-    """(gp, x, W, bias, gamma) -> (gx, gW, g_bias, g_gamma, g_beta) of `_ConvBlockFn`, and its derivative.
+    """(gp, x, W, z, gamma) -> (gx, gW, g_bias, g_gamma, g_beta) of `_ConvBlockFn`, and its derivative.
 
-    With gz the conv output gradient (from gp, see `_block_backward`), gx = conv^T(gz; W),
+    With gz the conv output gradient (from gp, see `_z_grad`), gx = conv^T(gz; W),
     gW = corr(x, gz), g_bias = sum gz. For upstream (u_x, u_W, u_b, a, b):
         d gz = conv(u_x; W) + conv(x; u_W) + u_b,   d W = corr(u_x, gz),   d x = conv^T(gz; u_W);
     d gz, a and b then pass through instance norm's double backward to (d gy, d z, d gamma), and
     d gp = U^T(M d gy) = avg_pool2x2(M d gy), with M the ReLU mask and U the 2x2 spread / 4
     (gy = M U(gp); M is piecewise constant in z, so, as for ReLU in autograd, it has no derivative).
-    Last, d z, the derivative through z = conv(x; W) + bias, adds conv^T(d z; W), corr(x, d z),
-    sum d z.
+    d z goes to `_ConvBlockFn`'s z output, which takes it back through the conv together with the
+    gradient of the block's output.
     """
 
     @staticmethod
-    def forward(ctx, gp, x, weight, bias, z, gamma, beta, mean, rstd, need_x: bool):
+    def forward(ctx, gp, x, weight, z, gamma, beta, mean, rstd, need_x: bool):
         ctx.save_for_backward(gp, x, weight, z, gamma, beta, mean, rstd)
         ctx.need_x = need_x
-        gx, gw, gb, g_gamma, g_beta, _ = _block_backward(gp, x, weight, z, gamma, beta, mean, rstd, need_x)
+        ctx.set_materialize_grads(False)
+        gz, g_gamma, g_beta, _ = _z_grad(gp, z, gamma, beta, mean, rstd)
+        gx, gw, gb = _conv_grads(gz, x, weight, need_x)
         return (gx if need_x else x.new_zeros(())), gw, gb, g_gamma, g_beta
 
     @staticmethod
     def backward(ctx, u_x, u_w, u_b, a, b):
         gp, x, weight, z, gamma, beta, mean, rstd = ctx.saved_tensors
-        need = ctx.needs_input_grad  # gp, x, weight, bias, z, gamma, beta, mean, rstd, need_x
+        need = ctx.needs_input_grad  # gp, x, weight, z, gamma, beta, mean, rstd, need_x
         mask = _relu_mask(z, gamma, beta, mean, rstd)
         gy = _unpool_masked_(mask.clone(), gp)
         gz = _norm_backward(gy, z, gamma, mean, rstd)[0]
         if not ctx.need_x:
             u_x = None
-        # the conv part: d gz, and W's and x's terms that hold gz
-        zero_w = u_w is None
-        d_gz = F.conv2d(x, torch.zeros_like(weight) if zero_w else u_w, u_b, padding=1)
+        # the conv part: d gz, and the terms of W and x that hold gz
+        d_gz = F.conv2d(x, torch.zeros_like(weight) if u_w is None else u_w, u_b, padding=1)
         if u_x is not None:
             d_gz = d_gz + F.conv2d(u_x, weight, padding=1)
         d_w = _conv_grads(gz, u_x, weight, False)[1] if u_x is not None else None
         d_x = None
-        if need[1] and not zero_w:
+        if need[1] and u_w is not None:
             d_x = torch.ops.aten.convolution_backward(gz, x, u_w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                                       [True, False, False])[0]
+        del gz
         # the norm / ReLU / pool part
         d_gy, d_z, d_gamma = _norm_double_backward(d_gz, a, b, gy, z, gamma, mean, rstd)
         d_gp = F.avg_pool2d(d_gy.mul_(mask), 2)
-        # back through z = conv(x; W) + bias
-        dz_x, dz_w, dz_b = _conv_grads(d_z, x, weight, bool(need[1]))
-        d_x = dz_x if d_x is None else (d_x + dz_x if dz_x is not None else d_x)
-        d_w = dz_w if d_w is None else d_w + dz_w
-        return d_gp, d_x, d_w, dz_b, None, d_gamma, None, None, None, None
+        return d_gp, d_x, d_w, d_z, d_gamma, None, None, None, None
 
 
 def _under_functorch(x: Tensor) -> bool:
@@ -382,7 +396,7 @@ class ConvNet(nn.Module):
             if (self.fused_blocks and isinstance(norm, InstanceNorm) and isinstance(pool, nn.AvgPool2d) and conv.bias is not None
                     and x.dim() == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
                     and not any(_under_functorch(t) for t in (x, conv.weight, norm.weight))):
-                x = _ConvBlockFn.apply(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
+                x = _ConvBlockFn.apply(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)[0]
             else:
                 x = pool(relu(norm(conv(x))))
         return x

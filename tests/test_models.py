@@ -183,13 +183,18 @@ def _block_ref(x, W, cb, gamma, beta):
 def test_conv_block_passes_gradcheck_and_gradgradcheck(fmt):
     from podd_lib.models import _ConvBlockFn
 
-    f = lambda *a: _ConvBlockFn.apply(*a, 1e-5)  # noqa: E731
+    f = lambda *a: _ConvBlockFn.apply(*a, 1e-5)[0]  # noqa: E731
     args = _block_inputs(fmt)
     assert torch.allclose(f(*args), _block_ref(*args), atol=1e-12)
     assert torch.autograd.gradcheck(f, args)
     assert torch.autograd.gradgradcheck(f, args)
+    both = lambda *a: _ConvBlockFn.apply(*a, 1e-5)  # noqa: E731  (z, the conv output, takes gradients too)
+    assert torch.allclose(both(*args)[1], F.conv2d(args[0], args[1], args[2], padding=1), atol=1e-12)
+    assert torch.autograd.gradcheck(both, args)
+    assert torch.autograd.gradgradcheck(both, args)
     x0 = args[0].detach()  # the first block of an inner step: its input (the patches) not differentiated
     assert torch.autograd.gradgradcheck(lambda *a: f(x0, *a), args[1:])
+    assert torch.autograd.gradgradcheck(lambda *a: both(x0, *a), args[1:])
 
 
 def test_conv_block_second_derivatives_equal_autograd_of_the_layers():
@@ -204,7 +209,7 @@ def test_conv_block_second_derivatives_equal_autograd_of_the_layers():
         s = sum((g ** 2).sum() for g in gs) + (gs[1] * W).sum()
         return torch.autograd.grad(s, (x, W, cb, gamma))
 
-    ours = second(lambda *a: _ConvBlockFn.apply(*a, 1e-5))
+    ours = second(lambda *a: _ConvBlockFn.apply(*a, 1e-5)[0])
     ref = second(_block_ref)
     for a, r in zip(ours, ref):
         assert torch.allclose(a, r, atol=1e-9, rtol=1e-9)
