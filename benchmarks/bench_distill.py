@@ -99,8 +99,81 @@ def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: 
              for _ in range(s["warmup"] + n)][s["warmup"]:]
     return report("outer_step", setting, times, device, width=cfg["width"], window=cfg["window"], bs=cfg["bs"],
                   bs_d=cfg["bs_d"], curriculum=cfg.get("fixed_curriculum", "random"), real_chunk=cfg["real_chunk"],
-                  channels_last=cfg["channels_last"], block=BLOCK_IMPL,
+                  channels_last=cfg["channels_last"], conv_dtype=cfg["conv_dtype"], block=BLOCK_IMPL,
                   thp=os.environ.get("THP_MEM_ALLOC_ENABLE"), before=BLOCK_IMPL == "layers")
+
+
+def _cpu_bench_problem(setting: str, device: str, sets: dict | None):
+    """The outer step's problem, state and a random real set, as bench_outer_step builds them."""
+    s = SETTINGS[setting]
+    cfg = resolve_config("cifar10", 1.0, "paper", {**s["over"], **(sets or {})})
+    pb = build_problem(cfg, ORDER, 3, device)
+    st = initial_state(cfg, pb, 3, device)
+    n_real = max(cfg["bs"], 1000)
+    return cfg, pb, st, torch.randn(n_real, 3, 32, 32, device=device), torch.randint(0, 10, (n_real,), device=device)
+
+
+def bench_phases(setting: str, device: str, sets: dict | None = None, rounds: int = 2) -> dict:
+    """Seconds of each part of one outer step: plain steps, unrolled window, real batch, backward."""
+    from podd_lib.algorithm import SyntheticSet
+    from podd_lib.optim import adam_init
+    from podd_lib.ratbptt import inner_steps, real_loss_grad_chunked, reinit_params
+
+    cfg, pb, st, x, y = _cpu_bench_problem(setting, device, sets)
+    s, model, syn = pb.settings, pb.model, SyntheticSet(st.poster, st.Y, pb.labels, pb.geom)
+    leaves = [t for t in (st.poster, st.Y) if t is not None]
+    fmt = torch.channels_last if s.channels_last else torch.contiguous_format
+
+    def once() -> dict:
+        t, out = time.perf_counter(), {}
+        params = reinit_params(model, st.gen)
+        state = adam_init({k: p.detach() for k, p in params.items()})
+        params, state = inner_steps(model, params, state, syn.poster, syn.Y, syn.labels, syn.geom, s,
+                                    s.totwindow - s.window if s.fixed_curriculum is None else s.fixed_curriculum,
+                                    st.gen, False)
+        out["plain_s"], t = time.perf_counter() - t, time.perf_counter()
+        params, state = inner_steps(model, params, state, syn.poster, syn.Y, syn.labels, syn.geom, s, s.window,
+                                    st.gen, True)
+        out["window_s"], t = time.perf_counter() - t, time.perf_counter()
+        xr = x[: s.bs].contiguous(memory_format=fmt)
+        _, grads = real_loss_grad_chunked(model, {k: p.detach() for k, p in params.items()}, xr, y[: s.bs],
+                                          s.real_chunk or s.bs)
+        surrogate = sum((params[k] * grads[k]).sum() for k in params)
+        out["real_s"], t = time.perf_counter() - t, time.perf_counter()
+        torch.autograd.grad(surrogate, leaves)
+        out["backward_s"] = time.perf_counter() - t
+        return out
+
+    once()  # warm-up
+    runs = [once() for _ in range(rounds)]
+    med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+    row = {"part": "phases", "setting": setting, "device": device, **med, "conv_dtype": cfg["conv_dtype"],
+           "block": BLOCK_IMPL}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def bench_conv_dtype(setting: str, device: str, sets: dict | None = None) -> dict:
+    """Cosine similarity of the meta-gradient under conv_dtype=bfloat16 with float32's (same step, same RNG)."""
+    from podd_lib.algorithm import RealSampler, SyntheticSet
+    from podd_lib.ratbptt import RatBptt
+
+    _, pb, st, x, y = _cpu_bench_problem(setting, device, sets)
+    leaves = [t for t in (st.poster, st.Y) if t is not None]
+
+    def meta_grad(cdt) -> torch.Tensor:
+        pb.model.conv_dtype = cdt
+        loss, _ = RatBptt(pb.model, pb.settings).meta_loss(SyntheticSet(st.poster, st.Y, pb.labels, pb.geom),
+                                                            RealSampler(x, y, 10),
+                                                            torch.Generator(device).manual_seed(123), 0)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, leaves)])
+
+    a, b, c = meta_grad(None), meta_grad(None), meta_grad(torch.bfloat16)
+    cos = lambda u, v: round(float(u @ v / u.norm() / v.norm()), 7)  # noqa: E731
+    row = {"part": "conv_dtype", "setting": setting, "device": device, "cos_float32_rerun": cos(a, b),
+           "cos_bfloat16": cos(a, c), "norm_ratio_bfloat16": round(float(c.norm() / a.norm()), 4)}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def bench_evaluation(setting: str, device: str, steps: int | None = None) -> dict:
@@ -164,7 +237,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--setting", choices=sorted(SETTINGS), default="cpu-bench")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--parts", default="extraction,outer_step,evaluation")
+    p.add_argument("--parts", default="extraction,outer_step,evaluation",
+                   help="comma-separated: extraction, outer_step, evaluation, phases, conv_dtype")
     p.add_argument("--steps", type=int, default=None, help="timed outer steps (after warm-up)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for the outer step")
     p.add_argument("--warmup", type=int, default=None, help="untimed outer steps first (default: the setting's)")
@@ -199,6 +273,10 @@ def main() -> None:
                               "error": f"out of memory under --memory-limit-gb {args.memory_limit_gb}",
                               "peak_mem_gb": round(peak_memory_gb(args.device), 3), "before": args.before}),
                   flush=True)
+    if "phases" in parts:
+        bench_phases(args.setting, args.device, sets)
+    if "conv_dtype" in parts:
+        bench_conv_dtype(args.setting, args.device, sets)
     if "evaluation" in parts:
         bench_evaluation(args.setting, args.device, args.eval_steps)
 

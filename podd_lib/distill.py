@@ -66,6 +66,9 @@ def adapt_config_to_data(cfg: dict, real) -> dict:
     return cfg
 
 
+CONV_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # config name -> the fused blocks' conv dtype
+
+
 def model_for(cfg: dict, channels: int, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The network of a config, on device."""
     model = make_model(
@@ -80,6 +83,7 @@ def model_for(cfg: dict, channels: int, device: str | torch.device = "cpu") -> t
     ).to(device)
     if hasattr(model, "fused_blocks"):
         model.fused_blocks = bool(cfg.get("fused_blocks", True))
+        model.conv_dtype = CONV_DTYPES[cfg.get("conv_dtype", "float32")]
     return model
 
 

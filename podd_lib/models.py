@@ -207,10 +207,28 @@ def _unpool_masked_(mask: Tensor, gp: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- a whole ConvNet block as one op
 
 
-def _conv_grads(gz: Tensor, x: Tensor, weight: Tensor, need_x: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+def _in(t: Tensor | None, cdt: torch.dtype | None) -> Tensor | None:
+    """t in the convolutions' dtype (None: unchanged)."""
+    return t if cdt is None or t is None else t.to(cdt)
+
+
+def _out(t: Tensor | None, like: Tensor) -> Tensor | None:
+    """A convolution result back in the network's dtype."""
+    return t if t is None or t.dtype == like.dtype else t.to(like.dtype)
+
+
+def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, cdt: torch.dtype | None) -> Tensor:
+    """conv3x3(x, W, bias, padding 1), computed in dtype cdt when given."""
+    return _out(F.conv2d(_in(x, cdt), _in(weight, cdt), _in(bias, cdt), padding=1), weight)
+
+
+def _conv_grads(gz: Tensor, x: Tensor, weight: Tensor, need_x: bool, cdt: torch.dtype | None = None,
+                need_w: bool = True, bias: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """(gx, gW, g_bias) of z = conv3x3(x, W, bias, padding 1) for the output gradient gz."""
-    return torch.ops.aten.convolution_backward(gz, x, weight, [weight.shape[0]], [1, 1], [1, 1], [1, 1], False,
-                                               [0, 0], 1, [need_x, True, True])
+    outs = torch.ops.aten.convolution_backward(_in(gz, cdt), _in(x, cdt), _in(weight, cdt),
+                                               [weight.shape[0]] if bias else None, [1, 1], [1, 1], [1, 1], False,
+                                               [0, 0], 1, [need_x, need_w, bias])
+    return tuple(_out(t, weight) for t in outs)
 
 
 def _z_grad(gp: Tensor, z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, rstd: Tensor
@@ -234,10 +252,12 @@ class _ConvBlockFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, eps: float):
-        z = F.conv2d(x, weight, bias, padding=1)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, eps: float,
+                cdt: torch.dtype | None = None):
+        z = _conv(x, weight, bias, cdt)
         y, mean, rstd = _fused_norm(z, gamma, beta, eps)
         ctx.save_for_backward(x, weight, z, gamma, beta, mean, rstd)
+        ctx.cdt = cdt
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a tensor of zeros
         return F.avg_pool2d(y.relu_(), 2), z
 
@@ -246,14 +266,16 @@ class _ConvBlockFn(torch.autograd.Function):
         x, weight, z, gamma, beta, mean, rstd = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
         gx = g_gamma = g_beta = None
+        cdt = ctx.cdt
         if gp is None and gz_extra is None:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: the backward will be differentiated
             gw = gb = 0
             if gp is not None:
-                gx, gw, gb, g_gamma, g_beta = _ConvBlockGrad.apply(gp, x, weight, z, gamma, beta, mean, rstd, need_x)
+                gx, gw, gb, g_gamma, g_beta = _ConvBlockGrad.apply(gp, x, weight, z, gamma, beta, mean, rstd, need_x,
+                                                                   cdt)
             if gz_extra is not None:  # third order (gradgradcheck): plain autograd ops
-                ex, ew, eb = _conv_grads(gz_extra, x, weight, need_x)
+                ex, ew, eb = _conv_grads(gz_extra, x, weight, need_x, cdt)
                 gx = ex if gx is None or not need_x else gx + ex
                 gw, gb = gw + ew, gb + eb
         else:
@@ -262,8 +284,8 @@ class _ConvBlockFn(torch.autograd.Function):
                 gz, g_gamma, g_beta, _ = _z_grad(gp, z, gamma, beta, mean, rstd)
                 if gz_extra is not None:
                     gz.add_(gz_extra)
-            gx, gw, gb = _conv_grads(gz, x, weight, need_x)
-        return (gx if need_x else None), gw, gb, g_gamma, g_beta, None
+            gx, gw, gb = _conv_grads(gz, x, weight, need_x, cdt)
+        return (gx if need_x else None), gw, gb, g_gamma, g_beta, None, None
 
 
 class _ConvBlockGrad(torch.autograd.Function):
@@ -280,12 +302,12 @@ class _ConvBlockGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, gp, x, weight, z, gamma, beta, mean, rstd, need_x: bool):
+    def forward(ctx, gp, x, weight, z, gamma, beta, mean, rstd, need_x: bool, cdt: torch.dtype | None = None):
         ctx.save_for_backward(gp, x, weight, z, gamma, beta, mean, rstd)
-        ctx.need_x = need_x
+        ctx.need_x, ctx.cdt = need_x, cdt
         ctx.set_materialize_grads(False)
         gz, g_gamma, g_beta, _ = _z_grad(gp, z, gamma, beta, mean, rstd)
-        gx, gw, gb = _conv_grads(gz, x, weight, need_x)
+        gx, gw, gb = _conv_grads(gz, x, weight, need_x, cdt)
         return (gx if need_x else x.new_zeros(())), gw, gb, g_gamma, g_beta
 
     @staticmethod
@@ -298,19 +320,19 @@ class _ConvBlockGrad(torch.autograd.Function):
         if not ctx.need_x:
             u_x = None
         # the conv part: d gz, and the terms of W and x that hold gz
-        d_gz = F.conv2d(x, torch.zeros_like(weight) if u_w is None else u_w, u_b, padding=1)
+        cdt = ctx.cdt
+        d_gz = _conv(x, torch.zeros_like(weight) if u_w is None else u_w, u_b, cdt)
         if u_x is not None:
-            d_gz = d_gz + F.conv2d(u_x, weight, padding=1)
-        d_w = _conv_grads(gz, u_x, weight, False)[1] if u_x is not None else None
+            d_gz = d_gz + _conv(u_x, weight, None, cdt)
+        d_w = _conv_grads(gz, u_x, weight, False, cdt, bias=False)[1] if u_x is not None else None
         d_x = None
         if need[1] and u_w is not None:
-            d_x = torch.ops.aten.convolution_backward(gz, x, u_w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                                                      [True, False, False])[0]
+            d_x = _conv_grads(gz, x, u_w, True, cdt, need_w=False, bias=False)[0]
         del gz
         # the norm / ReLU / pool part
         d_gy, d_z, d_gamma = _norm_double_backward(d_gz, a, b, gy, z, gamma, mean, rstd)
         d_gp = F.avg_pool2d(d_gy.mul_(mask), 2)
-        return d_gp, d_x, d_w, d_z, d_gamma, None, None, None, None
+        return d_gp, d_x, d_w, d_z, d_gamma, None, None, None, None, None
 
 
 def _under_functorch(x: Tensor) -> bool:
@@ -359,6 +381,7 @@ class ConvNet(nn.Module):
     """The dataset-distillation ConvNet: depth x (conv3x3 -> norm -> ReLU -> pool), then a linear layer."""
 
     fused_blocks = True  # instance-norm, avg-pool blocks as one op (`_ConvBlockFn`); False: layer by layer
+    conv_dtype: torch.dtype | None = None  # fused blocks only: convolutions in this dtype (bfloat16), the rest as is
 
     def __init__(
         self,
@@ -396,7 +419,7 @@ class ConvNet(nn.Module):
             if (self.fused_blocks and isinstance(norm, InstanceNorm) and isinstance(pool, nn.AvgPool2d) and conv.bias is not None
                     and x.dim() == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
                     and not any(_under_functorch(t) for t in (x, conv.weight, norm.weight))):
-                x = _ConvBlockFn.apply(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)[0]
+                x = _ConvBlockFn.apply(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, self.conv_dtype)[0]
             else:
                 x = pool(relu(norm(conv(x))))
         return x

@@ -33,3 +33,16 @@ def test_bench_distill_before_mode_and_malloc_option_run():
     (row,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert row["before"] and row["block"] == "layers" and row["real_chunk"] == 0 and row["thp"] == "0"
     assert row["channels_last"] is False
+
+
+def test_bench_distill_phases_and_conv_dtype_parts_run():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_distill.py"), "--setting", "smoke", "--parts",
+         "phases,conv_dtype"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env={"CI": "1", "PATH": "/usr/bin:/bin",
+                                                                   "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    phases, dtype = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert all(phases[k] > 0 for k in ("plain_s", "window_s", "real_s", "backward_s"))
+    assert dtype["cos_float32_rerun"] > 0.99999 and 0.5 < dtype["cos_bfloat16"] < dtype["cos_float32_rerun"]

@@ -196,3 +196,43 @@ def test_fused_block_gives_the_same_poster_after_three_outer_steps(monkeypatch, 
     assert torch.allclose(p0, p1, rtol=1e-9, atol=1e-10) and torch.allclose(y0, y1, rtol=1e-9, atol=1e-10)
     assert not torch.allclose(p0, torch.randn(1, 8, 16, dtype=torch.float64,
                                               generator=torch.Generator().manual_seed(1)), atol=1e-4)  # it moved
+
+
+def test_bfloat16_convolutions_keep_the_meta_gradient_close():
+    """conv_dtype=bfloat16 changes numbers (so it is opt-in); the meta-gradient stays close to float32's."""
+    from podd_lib.algorithm import RealSampler, SyntheticSet
+    from podd_lib.ratbptt import RatBptt
+
+    def meta_grad(cdt):
+        geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
+        labels = PosterLabels([[0, 1]], geom, learned=True)
+        s = RatBpttSettings(window=3, totwindow=5, bs_d=3, bs=24, inner_lr=0.01, real_chunk=10, channels_last=True)
+        torch.manual_seed(0)
+        net = make_model("convnet", channels=1, num_classes=2, im_size=(8, 8), width=16, depth=2)
+        net.conv_dtype = cdt
+        poster = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        Y = labels.Y.clone().requires_grad_(True)
+        g = torch.Generator().manual_seed(2)
+        x, y = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 2, (40,), generator=g)
+        loss, _ = RatBptt(net, s).meta_loss(SyntheticSet(poster, Y, labels, geom), RealSampler(x, y, 2),
+                                            torch.Generator().manual_seed(3), 0)
+        return torch.cat([t.flatten() for t in torch.autograd.grad(loss, (poster, Y))])
+
+    ref, bf = meta_grad(None), meta_grad(torch.bfloat16)
+    cos = float(ref @ bf / ref.norm() / bf.norm())
+    assert 0.95 < cos < 1 - 1e-7, cos  # close, and not the same numbers
+
+
+def test_conv_dtype_config():
+    from podd_lib.config import resolve_config
+    from podd_lib.distill import model_for
+    from podd_lib.experiments import config_key
+
+    cfg = resolve_config("cifar10", 1.0, "smoke", {"conv_dtype": "bfloat16"})
+    assert model_for(cfg, 3).conv_dtype is torch.bfloat16
+    assert model_for(resolve_config("cifar10", 1.0, "smoke"), 3).conv_dtype is None
+    assert config_key(cfg) != config_key(resolve_config("cifar10", 1.0, "smoke"))  # changes results: hashed
+    with pytest.raises(PoddError, match="conv_dtype must be"):
+        resolve_config("cifar10", 1.0, "smoke", {"conv_dtype": "float16"})
+    with pytest.raises(PoddError, match="needs fused_blocks"):
+        resolve_config("cifar10", 1.0, "smoke", {"conv_dtype": "bfloat16", "fused_blocks": False})
