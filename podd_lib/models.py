@@ -162,10 +162,19 @@ def _norm_double_backward(u: Tensor | None, a: Tensor | None, b: Tensor | None, 
     return d_gy, d_x, d_w
 
 
+def _native_norm_ok(x: Tensor) -> bool:
+    """Whether PyTorch's fused group-norm kernel takes x: NCHW anywhere, channels-last on the CPU only.
+
+    Off the CPU, `native_group_norm` requires NCHW-contiguous input (a TORCH_CHECK in ATen's
+    group_norm.cpp), so channels-last CUDA activations take the `_stats` path instead.
+    """
+    return x.is_contiguous() or (x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last))
+
+
 def _fused_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Instance norm forward (y, mean, rstd), PyTorch's fused kernel where the layout allows."""
     n, c, h, w = x.shape
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+    if _native_norm_ok(x):
         y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, h * w, c, eps)
         return y, mean.view(n, c), rstd.view(n, c)
     mean, rstd = _stats(x, eps)

@@ -259,3 +259,17 @@ def test_fused_blocks_switch_from_the_config(monkeypatch):
     assert len(calls) == 3  # the depth-3 network's blocks, from `on` only
     with pytest.raises(PoddError, match="fused_blocks must be true or false"):
         resolve_config("cifar10", 1.0, "smoke", {"fused_blocks": "maybe"})
+
+
+def test_fused_norm_kernel_only_where_pytorch_accepts_the_layout():
+    """CUDA's native_group_norm rejects channels-last input; only the CPU gets it in that layout."""
+    from podd_lib.models import _native_norm_ok
+
+    cl = torch.channels_last
+    assert _native_norm_ok(torch.empty(2, 4, 6, 6)) and _native_norm_ok(torch.empty(2, 4, 6, 6, memory_format=cl))
+    assert _native_norm_ok(torch.empty(2, 4, 6, 6, device="meta"))
+    assert not _native_norm_ok(torch.empty(2, 4, 6, 6, device="meta", memory_format=cl))  # any non-CPU device
+    net = ConvNet(3, 10, width=8, depth=2, im_size=(8, 8)).to("meta")  # the fallback runs, grads and all
+    x = torch.empty(4, 3, 8, 8, device="meta", memory_format=cl).requires_grad_(True)
+    g = torch.autograd.grad(net(x).sum(), [x, *net.parameters()], create_graph=True)
+    assert torch.autograd.grad(sum((t * t).sum() for t in g), x)[0].shape == x.shape
