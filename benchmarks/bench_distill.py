@@ -88,12 +88,7 @@ def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: 
     """Median seconds of the RaT-BPTT outer step."""
     s = dict(SETTINGS[setting])
     s["warmup"] = s["warmup"] if warmup is None else warmup
-    cfg = resolve_config("cifar10", 1.0, "paper", {**s["over"], **(sets or {})})
-    pb = build_problem(cfg, ORDER, 3, device)
-    st = initial_state(cfg, pb, 3, device)
-    n_real = max(cfg["bs"], 1000)
-    x = torch.randn(n_real, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (n_real,), device=device)
+    cfg, pb, st, x, y = _cpu_bench_problem(setting, device, sets)
     n = steps or s["steps"]
     times = [timed(lambda: outer_step(st, pb.model, pb.labels, pb.geom, x, y, pb.settings), device)
              for _ in range(s["warmup"] + n)][s["warmup"]:]
@@ -104,7 +99,7 @@ def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: 
 
 
 def _cpu_bench_problem(setting: str, device: str, sets: dict | None):
-    """The outer step's problem, state and a random real set, as bench_outer_step builds them."""
+    """A setting's config, problem, outer state and random real set (timing does not depend on pixels)."""
     s = SETTINGS[setting]
     cfg = resolve_config("cifar10", 1.0, "paper", {**s["over"], **(sets or {})})
     pb = build_problem(cfg, ORDER, 3, device)
@@ -260,6 +255,8 @@ def main() -> None:
     parts = args.parts.split(",")
     if "extraction" in parts:
         bench_extraction(args.setting, args.device)
+    if args.memory_limit_gb is not None and args.memory_limit_gb < 8:
+        p.error("--memory-limit-gb must be at least 8: torch's own address space is 3-4 GB before any tensor")
     if args.memory_limit_gb:
         limit = int(args.memory_limit_gb * 1e9)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

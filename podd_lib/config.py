@@ -149,8 +149,10 @@ def check_algorithm(cfg: dict) -> None:
             raise PoddError(f"{key} must be an integer >= {low}, got {cfg.get(key)!r}")
     if cfg.get("conv_dtype", "float32") not in ("float32", "bfloat16"):
         raise PoddError(f"conv_dtype must be float32 or bfloat16, got {cfg.get('conv_dtype')!r}")
-    if cfg.get("conv_dtype", "float32") != "float32" and not cfg.get("fused_blocks", True):
-        raise PoddError("conv_dtype=bfloat16 needs fused_blocks=true (it is a setting of the fused ConvNet block)")
+    if cfg.get("conv_dtype", "float32") != "float32" and not (
+            cfg.get("fused_blocks", True) and (cfg.get("arch"), cfg.get("norm"), cfg.get("pool")) == ("convnet", "instance", "avg")):
+        raise PoddError("conv_dtype=bfloat16 needs fused_blocks=true and a ConvNet with instance norm and avg pooling "
+                        "(it is a setting of the fused ConvNet block)")
     for key in ("channels_last", "fused_blocks", "per_class_posters"):
         if not isinstance(cfg.get(key, False), bool):
             raise PoddError(f"{key} must be true or false, got {cfg.get(key)!r}")

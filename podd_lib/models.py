@@ -241,11 +241,10 @@ def _conv_grads(gz: Tensor, x: Tensor, weight: Tensor, need_x: bool, cdt: torch.
 
 
 def _z_grad(gp: Tensor, z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, rstd: Tensor
-            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(gz, g_gamma, g_beta, gy): from the pooled output's gradient back through pool, ReLU and the norm."""
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """(gz, g_gamma, g_beta): from the pooled output's gradient back through pool, ReLU and the norm."""
     gy = _unpool_masked_(_relu_mask(z, gamma, beta, mean, rstd), gp)  # ReLU and pool: M U(gp)
-    gz, g_gamma, g_beta = _norm_backward(gy, z, gamma, mean, rstd)
-    return gz, g_gamma, g_beta, gy
+    return _norm_backward(gy, z, gamma, mean, rstd)
 
 
 class _ConvBlockFn(torch.autograd.Function):
@@ -290,7 +289,7 @@ class _ConvBlockFn(torch.autograd.Function):
         else:
             gz = gz_extra
             if gp is not None:
-                gz, g_gamma, g_beta, _ = _z_grad(gp, z, gamma, beta, mean, rstd)
+                gz, g_gamma, g_beta = _z_grad(gp, z, gamma, beta, mean, rstd)
                 if gz_extra is not None:
                     gz.add_(gz_extra)
             gx, gw, gb = _conv_grads(gz, x, weight, need_x, cdt)
@@ -315,7 +314,7 @@ class _ConvBlockGrad(torch.autograd.Function):
         ctx.save_for_backward(gp, x, weight, z, gamma, beta, mean, rstd)
         ctx.need_x, ctx.cdt = need_x, cdt
         ctx.set_materialize_grads(False)
-        gz, g_gamma, g_beta, _ = _z_grad(gp, z, gamma, beta, mean, rstd)
+        gz, g_gamma, g_beta = _z_grad(gp, z, gamma, beta, mean, rstd)
         gx, gw, gb = _conv_grads(gz, x, weight, need_x, cdt)
         return (gx if need_x else x.new_zeros(())), gw, gb, g_gamma, g_beta
 

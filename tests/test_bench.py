@@ -46,3 +46,11 @@ def test_bench_distill_phases_and_conv_dtype_parts_run():
     phases, dtype = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert all(phases[k] > 0 for k in ("plain_s", "window_s", "real_s", "backward_s"))
     assert dtype["cos_float32_rerun"] > 0.99999 and 0.5 < dtype["cos_bfloat16"] < dtype["cos_float32_rerun"]
+
+
+def test_bench_distill_rejects_a_memory_limit_torch_cannot_start_under():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_distill.py"), "--setting", "smoke", "--memory-limit-gb", "1"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={"CI": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 2 and "--memory-limit-gb must be at least 8" in out.stderr.strip().splitlines()[-1]

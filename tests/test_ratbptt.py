@@ -236,3 +236,5 @@ def test_conv_dtype_config():
         resolve_config("cifar10", 1.0, "smoke", {"conv_dtype": "float16"})
     with pytest.raises(PoddError, match="needs fused_blocks"):
         resolve_config("cifar10", 1.0, "smoke", {"conv_dtype": "bfloat16", "fused_blocks": False})
+    with pytest.raises(PoddError, match="needs fused_blocks"):  # no fused block, nothing to run in bfloat16
+        resolve_config("cifar10", 1.0, "smoke", {"conv_dtype": "bfloat16", "norm": "batch"})
