@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from podd_lib import kernels  # noqa: E402
 from podd_lib.config import parse_sets, resolve_config  # noqa: E402
 from podd_lib.distill import build_problem, initial_state  # noqa: E402
 from podd_lib.evaluate import train_and_test  # noqa: E402
@@ -95,7 +96,14 @@ def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: 
     return report("outer_step", setting, times, device, width=cfg["width"], window=cfg["window"], bs=cfg["bs"],
                   bs_d=cfg["bs_d"], curriculum=cfg.get("fixed_curriculum", "random"), real_chunk=cfg["real_chunk"],
                   channels_last=cfg["channels_last"], conv_dtype=cfg["conv_dtype"], block=BLOCK_IMPL,
+                  kernels=kernels_used(cfg, device),
                   thp=os.environ.get("THP_MEM_ALLOC_ENABLE"), before=BLOCK_IMPL == "layers")
+
+
+def kernels_used(cfg: dict, device: str) -> str:
+    """Which elementwise code the fused blocks ran: "compiled" (podd_lib.kernels) or "torch"."""
+    on = BLOCK_IMPL == "fused" and cfg["cpu_kernels"] and device == "cpu" and cfg["channels_last"]
+    return "compiled" if on and kernels.load() is not None else "torch"
 
 
 def _cpu_bench_problem(setting: str, device: str, sets: dict | None):
@@ -203,7 +211,7 @@ def bench_extraction(setting: str, device: str, reps: int = 50) -> dict:
 
 
 BLOCK_IMPL = "fused"
-BEFORE = {"real_chunk": 0, "channels_last": False}
+BEFORE = {"real_chunk": 0, "channels_last": False, "cpu_kernels": False}
 
 
 def use_plain_layers() -> None:

@@ -84,6 +84,7 @@ def model_for(cfg: dict, channels: int, device: str | torch.device = "cpu") -> t
     if hasattr(model, "fused_blocks"):
         model.fused_blocks = bool(cfg.get("fused_blocks", True))
         model.conv_dtype = CONV_DTYPES[cfg.get("conv_dtype", "float32")]
+        model.cpu_kernels = bool(cfg.get("cpu_kernels", True))
     return model
 
 

@@ -20,7 +20,7 @@ from .io import atomic_write_json
 
 _DATA_CACHE: dict[tuple, object] = {}
 VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs",
-            "experts_root", "real_chunk", "channels_last", "fused_blocks")  # the last three: same maths, other kernels
+            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels")  # the last four: same maths, other kernels
 
 
 def config_key(cfg: dict) -> str:

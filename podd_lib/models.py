@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from podd_lib import kernels
 from podd_lib.errors import PoddError
 
 ARCHS = ("convnet", "resnet18", "vgg11", "alexnet")
@@ -247,6 +248,25 @@ def _z_grad(gp: Tensor, z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, rs
     return _norm_backward(gy, z, gamma, mean, rstd)
 
 
+def _grad_used(ctx, i: int) -> bool:
+    """Whether the running backward uses the gradient of input i of a custom Function (True when unsure).
+
+    `ctx.needs_input_grad` only says whether the input requires grad. In RaT-BPTT's unrolled steps
+    the first block's input (the patches) does, but the inner gradient is taken for the weights
+    only, so PyTorch's engine will not run the node that the input gradient goes to; skipping it
+    saves the first conv's input gradient in every unrolled step.
+    """
+    if not ctx.needs_input_grad[i]:
+        return False
+    node = ctx.next_functions[i][0]
+    if node is None or type(node).__name__ == "AccumulateGrad":  # a leaf: the engine cannot tell under grad()
+        return True
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, RuntimeError):  # a PyTorch without this query
+        return True
+
+
 class _ConvBlockFn(torch.autograd.Function):
     """avg_pool2x2(relu(instance_norm(conv3x3(x)))): one ConvNet block as one op (same maths).
 
@@ -261,39 +281,46 @@ class _ConvBlockFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, eps: float,
-                cdt: torch.dtype | None = None):
+                cdt: torch.dtype | None = None, kern=None):
         z = _conv(x, weight, bias, cdt)
-        y, mean, rstd = _fused_norm(z, gamma, beta, eps)
+        ctx.kern = kern if kern is not None and kernels.applies(z) else None
+        if ctx.kern is not None:
+            p, mean, rstd = kernels.block_forward(ctx.kern, z, gamma, beta, eps)
+        else:
+            y, mean, rstd = _fused_norm(z, gamma, beta, eps)
+            p = F.avg_pool2d(y.relu_(), 2)
         ctx.save_for_backward(x, weight, z, gamma, beta, mean, rstd)
         ctx.cdt = cdt
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a tensor of zeros
-        return F.avg_pool2d(y.relu_(), 2), z
+        return p, z
 
     @staticmethod
     def backward(ctx, gp: Tensor | None, gz_extra: Tensor | None):
         x, weight, z, gamma, beta, mean, rstd = ctx.saved_tensors
-        need_x = ctx.needs_input_grad[0]
+        need_x = _grad_used(ctx, 0)
         gx = g_gamma = g_beta = None
         cdt = ctx.cdt
         if gp is None and gz_extra is None:
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: the backward will be differentiated
             gw = gb = 0
             if gp is not None:
                 gx, gw, gb, g_gamma, g_beta = _ConvBlockGrad.apply(gp, x, weight, z, gamma, beta, mean, rstd, need_x,
-                                                                   cdt)
+                                                                   cdt, ctx.kern)
             if gz_extra is not None:  # third order (gradgradcheck): plain autograd ops
                 ex, ew, eb = _conv_grads(gz_extra, x, weight, need_x, cdt)
                 gx = ex if gx is None or not need_x else gx + ex
                 gw, gb = gw + ew, gb + eb
         else:
             gz = gz_extra
-            if gp is not None:
+            if gp is not None and ctx.kern is not None:
+                gz, g_gamma, g_beta = kernels.block_zgrad(ctx.kern, gp, z, gamma, beta, mean, rstd, gz_extra)
+            elif gp is not None:
                 gz, g_gamma, g_beta = _z_grad(gp, z, gamma, beta, mean, rstd)
                 if gz_extra is not None:
                     gz.add_(gz_extra)
             gx, gw, gb = _conv_grads(gz, x, weight, need_x, cdt)
-        return (gx if need_x else None), gw, gb, g_gamma, g_beta, None, None
+        return (gx if need_x else None), gw, gb, g_gamma, g_beta, None, None, None
 
 
 class _ConvBlockGrad(torch.autograd.Function):
@@ -310,16 +337,22 @@ class _ConvBlockGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, gp, x, weight, z, gamma, beta, mean, rstd, need_x: bool, cdt: torch.dtype | None = None):
+    def forward(ctx, gp, x, weight, z, gamma, beta, mean, rstd, need_x: bool, cdt: torch.dtype | None = None,
+                kern=None):
         ctx.save_for_backward(gp, x, weight, z, gamma, beta, mean, rstd)
-        ctx.need_x, ctx.cdt = need_x, cdt
+        ctx.need_x, ctx.cdt, ctx.kern = need_x, cdt, kern
         ctx.set_materialize_grads(False)
-        gz, g_gamma, g_beta = _z_grad(gp, z, gamma, beta, mean, rstd)
+        if kern is not None:
+            gz, g_gamma, g_beta = kernels.block_zgrad(kern, gp, z, gamma, beta, mean, rstd)
+        else:
+            gz, g_gamma, g_beta = _z_grad(gp, z, gamma, beta, mean, rstd)
         gx, gw, gb = _conv_grads(gz, x, weight, need_x, cdt)
         return (gx if need_x else x.new_zeros(())), gw, gb, g_gamma, g_beta
 
     @staticmethod
     def backward(ctx, u_x, u_w, u_b, a, b):
+        if ctx.kern is not None and not torch.is_grad_enabled():
+            return _ConvBlockGrad._backward_fused(ctx, u_x, u_w, u_b, a, b)
         gp, x, weight, z, gamma, beta, mean, rstd = ctx.saved_tensors
         need = ctx.needs_input_grad  # gp, x, weight, z, gamma, beta, mean, rstd, need_x
         mask = _relu_mask(z, gamma, beta, mean, rstd)
@@ -340,7 +373,26 @@ class _ConvBlockGrad(torch.autograd.Function):
         # the norm / ReLU / pool part
         d_gy, d_z, d_gamma = _norm_double_backward(d_gz, a, b, gy, z, gamma, mean, rstd)
         d_gp = F.avg_pool2d(d_gy.mul_(mask), 2)
-        return d_gp, d_x, d_w, d_z, d_gamma, None, None, None, None, None
+        return d_gp, d_x, d_w, d_z, d_gamma, None, None, None, None, None, None
+
+    @staticmethod
+    def _backward_fused(ctx, u_x, u_w, u_b, a, b):
+        """`backward` with the elementwise part in one kernel (`kernels.block_double`); same formulas."""
+        gp, x, weight, z, gamma, beta, mean, rstd = ctx.saved_tensors
+        need, cdt = ctx.needs_input_grad, ctx.cdt
+        if not ctx.need_x:
+            u_x = None
+        d_gz = None  # conv(u_x; W) + conv(x; u_W) + u_b
+        if u_w is not None or u_b is not None:
+            d_gz = _conv(x, torch.zeros_like(weight) if u_w is None else u_w, u_b, cdt)
+        if u_x is not None:
+            d_gz = _conv(u_x, weight, None, cdt) if d_gz is None else d_gz.add_(_conv(u_x, weight, None, cdt))
+        want_x = need[1] and u_w is not None
+        gz, d_gp, d_z, d_gamma = kernels.block_double(ctx.kern, gp, z, gamma, beta, mean, rstd, d_gz, a, b,
+                                                      want_gz=u_x is not None or want_x)
+        d_w = _conv_grads(gz, u_x, weight, False, cdt, bias=False)[1] if u_x is not None else None
+        d_x = _conv_grads(gz, x, u_w, True, cdt, need_w=False, bias=False)[0] if want_x else None
+        return d_gp, d_x, d_w, d_z, d_gamma, None, None, None, None, None, None
 
 
 def _under_functorch(x: Tensor) -> bool:
@@ -390,6 +442,7 @@ class ConvNet(nn.Module):
 
     fused_blocks = True  # instance-norm, avg-pool blocks as one op (`_ConvBlockFn`); False: layer by layer
     conv_dtype: torch.dtype | None = None  # fused blocks only: convolutions in this dtype (bfloat16), the rest as is
+    cpu_kernels = True  # fused blocks only: their elementwise work in compiled kernels (`podd_lib.kernels`) where they apply
 
     def __init__(
         self,
@@ -427,7 +480,9 @@ class ConvNet(nn.Module):
             if (self.fused_blocks and isinstance(norm, InstanceNorm) and isinstance(pool, nn.AvgPool2d) and conv.bias is not None
                     and x.dim() == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
                     and not any(_under_functorch(t) for t in (x, conv.weight, norm.weight))):
-                x = _ConvBlockFn.apply(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, self.conv_dtype)[0]
+                kern = kernels.load() if self.cpu_kernels and x.device.type == "cpu" else None
+                x = _ConvBlockFn.apply(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, self.conv_dtype,
+                                       kern)[0]
             else:
                 x = pool(relu(norm(conv(x))))
         return x
