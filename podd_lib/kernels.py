@@ -25,6 +25,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -132,6 +133,22 @@ def _pooled_like(z: Tensor) -> Tensor:
     return torch.empty((n, c, h // 2, w // 2), dtype=z.dtype, memory_format=torch.channels_last)
 
 
+_scratch = threading.local()
+
+
+def _scratch_like(z: Tensor) -> Tensor:
+    """A channels-last tensor of z's shape in this thread's reusable buffer, valid until the next reuse.
+
+    For the conv output gradient gz, which every caller hands to the convolution's backward and
+    drops: reusing one buffer spares an activation-sized allocation (and its page faults) per call.
+    """
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < z.numel():
+        buf = _scratch.buf = torch.empty(z.numel(), dtype=torch.float32)
+    n, c, h, w = z.shape
+    return buf[: z.numel()].as_strided((n, c, h, w), (h * w * c, 1, w * c, c))
+
+
 def _vec(t: Tensor | None) -> Tensor | None:
     """A per-channel float32 vector, contiguous and detached (None stays None)."""
     return None if t is None else t.detach().to(torch.float32).contiguous()
@@ -149,11 +166,14 @@ def block_forward(lib: ctypes.CDLL, z: Tensor, gamma: Tensor, beta: Tensor, eps:
 
 
 def block_zgrad(lib: ctypes.CDLL, gp: Tensor, z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, rstd: Tensor,
-                extra: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(gz, g_gamma, g_beta): from the pooled gradient gp back to the conv output z (plus extra, if given)."""
+                extra: Tensor | None = None, scratch: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(gz, g_gamma, g_beta): from the pooled gradient gp back to the conv output z (plus extra, if given).
+
+    scratch=True: gz lives in this thread's reusable buffer (see `_scratch_like`); use it before the next call.
+    """
     n, c, h, w = z.shape
     gp, extra = _cl(gp.detach()), None if extra is None else _cl(extra.detach())
-    gz = torch.empty_like(z, memory_format=torch.channels_last)
+    gz = _scratch_like(z) if scratch else torch.empty_like(z, memory_format=torch.channels_last)
     g_gam, g_bet = z.new_empty(n, c), z.new_empty(n, c)
     g, b = _vec(gamma), _vec(beta)
     lib.podd_block_zgrad(gp.data_ptr(), z.data_ptr(), g.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
@@ -162,15 +182,16 @@ def block_zgrad(lib: ctypes.CDLL, gp: Tensor, z: Tensor, gamma: Tensor, beta: Te
 
 
 def block_double(lib: ctypes.CDLL, gp: Tensor, z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, rstd: Tensor,
-                 u: Tensor | None, a: Tensor | None, b: Tensor | None, want_gz: bool
+                 u: Tensor | None, a: Tensor | None, b: Tensor | None, want_gz: bool, scratch: bool = False
                  ) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
     """(gz or None, d_gp, d_z, d_gamma or None): the elementwise part of `_ConvBlockGrad`'s backward.
 
     u, a, b: upstream gradients of gz, g_gamma and g_beta (None: zero). d_gamma is None when u is.
+    scratch=True: gz lives in this thread's reusable buffer (see `_scratch_like`).
     """
     n, c, h, w = z.shape
     gp, u = _cl(gp.detach()), None if u is None else _cl(u.detach())
-    gz = torch.empty_like(z, memory_format=torch.channels_last) if want_gz else None
+    gz = (_scratch_like(z) if scratch else torch.empty_like(z, memory_format=torch.channels_last)) if want_gz else None
     d_gp, d_z, d_gam = _pooled_like(z), torch.empty_like(z, memory_format=torch.channels_last), z.new_empty(n, c)
     g, be, a, b = _vec(gamma), _vec(beta), _vec(a), _vec(b)
     lib.podd_block_double(gp.data_ptr(), z.data_ptr(), g.data_ptr(), be.data_ptr(), mean.data_ptr(), rstd.data_ptr(),

@@ -9,6 +9,8 @@ and average pooling runs as one autograd Function, `_ConvBlockFn`, with hand-wri
 and double backward (RaT-BPTT differentiates through the inner steps' gradients). Same maths as
 the layers one by one, checked by gradgradcheck and against autograd in tests/test_models.py;
 it keeps about 40% of the memory per unrolled step and fewer activation-sized temporaries.
+On the CPU, in float32 channels-last, its elementwise work (norm, ReLU, pool and their
+derivatives) runs in compiled kernels (`podd_lib.kernels`), where they build; elsewhere in PyTorch ops.
 Under vmap (the evaluation on a GPU) the plain layers run, with `F.group_norm`.
 
 Batch norm (`norm="batch"`) keeps running statistics that it updates in place during training;
@@ -314,7 +316,8 @@ class _ConvBlockFn(torch.autograd.Function):
         else:
             gz = gz_extra
             if gp is not None and ctx.kern is not None:
-                gz, g_gamma, g_beta = kernels.block_zgrad(ctx.kern, gp, z, gamma, beta, mean, rstd, gz_extra)
+                gz, g_gamma, g_beta = kernels.block_zgrad(ctx.kern, gp, z, gamma, beta, mean, rstd, gz_extra,
+                                                          scratch=True)
             elif gp is not None:
                 gz, g_gamma, g_beta = _z_grad(gp, z, gamma, beta, mean, rstd)
                 if gz_extra is not None:
@@ -343,7 +346,7 @@ class _ConvBlockGrad(torch.autograd.Function):
         ctx.need_x, ctx.cdt, ctx.kern = need_x, cdt, kern
         ctx.set_materialize_grads(False)
         if kern is not None:
-            gz, g_gamma, g_beta = kernels.block_zgrad(kern, gp, z, gamma, beta, mean, rstd)
+            gz, g_gamma, g_beta = kernels.block_zgrad(kern, gp, z, gamma, beta, mean, rstd, scratch=True)
         else:
             gz, g_gamma, g_beta = _z_grad(gp, z, gamma, beta, mean, rstd)
         gx, gw, gb = _conv_grads(gz, x, weight, need_x, cdt)
@@ -389,7 +392,7 @@ class _ConvBlockGrad(torch.autograd.Function):
             d_gz = _conv(u_x, weight, None, cdt) if d_gz is None else d_gz.add_(_conv(u_x, weight, None, cdt))
         want_x = need[1] and u_w is not None
         gz, d_gp, d_z, d_gamma = kernels.block_double(ctx.kern, gp, z, gamma, beta, mean, rstd, d_gz, a, b,
-                                                      want_gz=u_x is not None or want_x)
+                                                      want_gz=u_x is not None or want_x, scratch=True)
         d_w = _conv_grads(gz, u_x, weight, False, cdt, bias=False)[1] if u_x is not None else None
         d_x = _conv_grads(gz, x, u_w, True, cdt, need_w=False, bias=False)[0] if want_x else None
         return d_gp, d_x, d_w, d_z, d_gamma, None, None, None, None, None, None

@@ -177,3 +177,16 @@ def test_cpu_kernels_config_is_validated_and_not_hashed():
     assert model_for(off, 3).cpu_kernels is False
     with pytest.raises(PoddError, match="cpu_kernels must be true or false"):
         resolve_config("cifar10", 1.0, "paper", {"cpu_kernels": "yes"})
+
+
+def test_scratch_gradients_reuse_one_buffer_and_equal_fresh_ones(lib):
+    z, gam, bet, gp, u, a, b = _case(4, 16, 8, 8)
+    _, mean, rstd = kernels.block_forward(lib, z, gam, bet, 1e-5)
+    fresh = kernels.block_zgrad(lib, gp, z, gam, bet, mean, rstd)[0]
+    first = kernels.block_zgrad(lib, gp, z, gam, bet, mean, rstd, scratch=True)[0]
+    assert torch.equal(first, fresh) and first.is_contiguous(memory_format=CL)
+    ptr = first.data_ptr()
+    second = kernels.block_double(lib, gp, z, gam, bet, mean, rstd, u, a, b, want_gz=True, scratch=True)[0]
+    assert second.data_ptr() == ptr and torch.equal(second, fresh)  # the same buffer, overwritten
+    small = kernels.block_zgrad(lib, gp[:2], z[:2], gam, bet, mean[:2], rstd[:2], scratch=True)[0]
+    assert small.data_ptr() == ptr and torch.equal(small, fresh[:2])  # a smaller batch fits the same buffer
