@@ -4,6 +4,7 @@
     python benchmarks/bench_distill.py --setting paper --device cuda  # CIFAR-10 paper settings
     python benchmarks/bench_distill.py --setting smoke                # seconds; CI runs this
     python benchmarks/bench_distill.py --parts outer_step --before        # the step before issue #6
+    python benchmarks/bench_distill.py --parts phases,conv_dtype,peak     # where time goes; bf16; GFLOP/s
 
 Prints one JSON line per measured part: median seconds, steps per second, peak memory (CPU
 max RSS of this process, or CUDA max allocated). Data is random (timing does not depend on
@@ -190,9 +191,49 @@ def bench_evaluation(setting: str, device: str, steps: int | None = None) -> dic
               arch_kwargs={"width": s["eval_width"]})
     together = timed(lambda: train_and_test(x, y, xt, yt, vectorize=True, **kw), device)
     apart = timed(lambda: train_and_test(x, y, xt, yt, vectorize=False, **kw), device)
+    share = conv_share(lambda: train_and_test(x, y, xt, yt, vectorize=False, **{**kw, "num_models": 2, "steps": (5,)})
+                       ) if device == "cpu" else None  # CPU time only: no bound for a GPU
     return report("evaluation", setting, [together], device, models=s["eval_models"], steps=s["eval_steps"],
                   width=s["eval_width"], sequential_s=round(apart, 3), speedup_vs_sequential=round(apart / together, 3),
-                  block=BLOCK_IMPL)
+                  block=BLOCK_IMPL, sequential_conv_share=share and round(share, 3),
+                  together_bound_at_same_conv_speed=round(1 / share, 3) if share else None)
+
+
+def conv_share(fn) -> float:
+    """Fraction of fn's profiled CPU time spent inside convolution kernels (forward and backward).
+
+    Training K models together can at best remove the rest, unless batching made the convolutions
+    themselves faster: so 1 / share bounds its speed-up over the sequential loop on the same kernels.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.key_averages()
+    conv = sum(e.self_cpu_time_total for e in events
+               if e.key in ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward",
+                            "aten::_slow_conv2d_backward", "aten::cudnn_convolution"))
+    total = sum(e.self_cpu_time_total for e in events)
+    return conv / total if total else 0.0
+
+
+def bench_peak(setting: str, device: str, reps: int = 10) -> dict:
+    """GFLOP/s of a 4096^3 float32 matrix product and of the ConvNet's middle convolution (bs_d 96, 16x16)."""
+    a, b = torch.randn(4096, 4096, device=device), torch.randn(4096, 4096, device=device)
+    x = torch.randn(96, 128, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(128, 128, 3, 3, device=device)
+
+    def rate(fn, flop: float) -> float:
+        times = [timed(fn, device) for _ in range(reps + 2)][2:]
+        return round(flop / statistics.median(times) / 1e9, 1)
+
+    row = {"part": "peak", "setting": setting, "device": device,
+           "matmul_gflops": rate(lambda: a @ b, 2 * 4096**3),
+           "conv_gflops": rate(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * 96 * 16 * 16 * 128 * 128 * 9),
+           "threads": torch.get_num_threads()}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def bench_extraction(setting: str, device: str, reps: int = 50) -> dict:
@@ -241,7 +282,7 @@ def main() -> None:
     p.add_argument("--setting", choices=sorted(SETTINGS), default="cpu-bench")
     p.add_argument("--device", default="cpu")
     p.add_argument("--parts", default="extraction,outer_step,evaluation",
-                   help="comma-separated: extraction, outer_step, evaluation, phases, conv_dtype")
+                   help="comma-separated: extraction, outer_step, evaluation, phases, conv_dtype, peak")
     p.add_argument("--steps", type=int, default=None, help="timed outer steps (after warm-up)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for the outer step")
     p.add_argument("--warmup", type=int, default=None, help="untimed outer steps first (default: the setting's)")
@@ -284,6 +325,8 @@ def main() -> None:
         bench_conv_dtype(args.setting, args.device, sets)
     if "evaluation" in parts:
         bench_evaluation(args.setting, args.device, args.eval_steps)
+    if "peak" in parts:
+        bench_peak(args.setting, args.device)
 
 
 if __name__ == "__main__":

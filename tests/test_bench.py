@@ -19,7 +19,7 @@ def test_bench_distill_smoke_prints_one_json_line_per_part():
     assert [r["part"] for r in rows] == ["extraction", "outer_step", "evaluation"]
     for r in rows:
         assert r["median_s"] > 0 and r["peak_mem_gb"] > 0 and r["setting"] == "smoke"
-    assert rows[2]["speedup_vs_sequential"] > 0
+    assert rows[2]["speedup_vs_sequential"] > 0 and 0 < rows[2]["sequential_conv_share"] < 1
 
 
 def test_bench_distill_before_mode_and_malloc_option_run():
@@ -35,15 +35,16 @@ def test_bench_distill_before_mode_and_malloc_option_run():
     assert row["channels_last"] is False
 
 
-def test_bench_distill_phases_and_conv_dtype_parts_run():
+def test_bench_distill_phases_conv_dtype_and_peak_parts_run():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_distill.py"), "--setting", "smoke", "--parts",
-         "phases,conv_dtype"],
+         "phases,conv_dtype,peak"],
         capture_output=True, text=True, timeout=600, cwd=ROOT, env={"CI": "1", "PATH": "/usr/bin:/bin",
                                                                    "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    phases, dtype = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    phases, dtype, peak = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert peak["matmul_gflops"] > 0 and peak["conv_gflops"] > 0
     assert all(phases[k] > 0 for k in ("plain_s", "window_s", "real_s", "backward_s"))
     assert dtype["cos_float32_rerun"] > 0.99999 and 0.5 < dtype["cos_bfloat16"] < dtype["cos_float32_rerun"]
 
