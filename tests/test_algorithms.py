@@ -152,7 +152,7 @@ def test_dm_meta_loss_reaches_the_poster_and_labels():
     algo = DistributionMatching(ConvNet(width=4, depth=2), DMSettings(real_per_class=3, bs_d=12))
     loss, _ = algo.meta_loss(syn, RealSampler(real.x_train, real.y_train, 10), torch.Generator().manual_seed(0), 0)
     loss.backward()
-    assert float(loss) > 0 and syn.poster.grad.abs().sum() > 0 and syn.Y.grad.abs().sum() > 0
+    assert float(loss.detach()) > 0 and syn.poster.grad.abs().sum() > 0 and syn.Y.grad.abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------- DC
