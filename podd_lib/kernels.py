@@ -50,7 +50,7 @@ def _cpu_id() -> str:
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept."""
+    """Where compiled kernels are kept (a folder under the system's temp folder if this one is not writable)."""
     env = os.environ.get("PODD_KERNEL_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "podd_lib" / "kernels"
 
@@ -66,16 +66,26 @@ def build(force: bool = False) -> Path:
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX)")
     key = hashlib.sha256("\n".join([SOURCE.read_text(), cxx, *FLAGS, _cpu_id(), torch.__version__]).encode())
-    out = cache_dir() / f"block_kernels-{key.hexdigest()[:16]}.so"
-    if out.exists() and not force:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    name = f"block_kernels-{key.hexdigest()[:16]}.so"
+    fallback = Path(tempfile.gettempdir()) / f"podd_lib_kernels_{getattr(os, 'getuid', lambda: 0)()}"
+    for folder in (cache_dir(), fallback):
+        if (folder / name).exists() and not force:
+            return folder / name
+        try:  # the first folder we can write to
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+            break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError(f"cannot write to {cache_dir()} or {fallback}")
+    out = folder / name
     os.close(fd)
     try:
         res = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
         if res.returncode != 0:
-            raise RuntimeError(f"{cxx} failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+            last = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit status {res.returncode}"
+            raise RuntimeError(f"{cxx} failed: {last}")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -190,3 +190,12 @@ def test_scratch_gradients_reuse_one_buffer_and_equal_fresh_ones(lib):
     assert second.data_ptr() == ptr and torch.equal(second, fresh)  # the same buffer, overwritten
     small = kernels.block_zgrad(lib, gp[:2], z[:2], gam, bet, mean[:2], rstd[:2], scratch=True)[0]
     assert small.data_ptr() == ptr and torch.equal(small, fresh[:2])  # a smaller batch fits the same buffer
+
+
+def test_an_unwritable_cache_falls_back_to_the_temp_folder(lib, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PODD_KERNEL_CACHE", str(blocker / "kernels"))  # cannot be created
+    monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    out = kernels.build()
+    assert out.parent.parent == tmp_path / "tmp" and out.exists()
