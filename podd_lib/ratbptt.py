@@ -52,8 +52,8 @@ class RatBpttSettings:
     clip_ema: float = 0.9  # EMA coefficient of the poster gradient norm
     clip_factor: float = 2.0  # clip the poster gradient to clip_factor x EMA
     fixed_curriculum: int | None = None  # benchmarks only: always c plain steps
-    real_chunk: int = 0  # >0: the real batch's gradient in chunks of this many images (same maths, less memory)
-    channels_last: bool = False  # run the network on channels-last batches (same maths, other kernels; config default true)
+    real_chunk: int = 128  # >0: the real batch's gradient in chunks of this many images (same maths, less memory)
+    channels_last: bool = True  # run the network on channels-last batches (same maths, other kernels)
 
     def __post_init__(self) -> None:
         """Reject settings that make no curriculum."""
