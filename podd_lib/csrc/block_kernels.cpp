@@ -17,11 +17,6 @@
 
 namespace {
 
-struct Dims {
-  int64_t N, H, W, C;
-  int64_t M() const { return H * W; }
-};
-
 // s = gam * r and t = bet - mu * s for image n.
 inline void affine(const float* gam, const float* bet, const float* mu, const float* r, int64_t C,
                    float* s, float* t) {
@@ -44,8 +39,7 @@ extern "C" {
 // p = avg_pool2x2(relu(s*z + t)); also writes mu and r (N*C each). Two-pass statistics (biased variance).
 void podd_block_forward(const float* z, const float* gam, const float* bet, double eps, int64_t N, int64_t H,
                         int64_t W, int64_t C, float* p, float* mu_out, float* r_out) {
-  const Dims d{N, H, W, C};
-  const int64_t M = d.M(), Wp = W / 2;
+  const int64_t M = H * W, Wp = W / 2;
 #pragma omp parallel
   {
     std::vector<double> acc(C);
@@ -99,8 +93,7 @@ void podd_block_forward(const float* z, const float* gam, const float* bet, doub
 void podd_block_zgrad(const float* gp, const float* z, const float* gam, const float* bet, const float* mu_in,
                       const float* r_in, const float* extra, int64_t N, int64_t H, int64_t W, int64_t C, float* gz,
                       float* g_gam_nc, float* g_bet_nc) {
-  const Dims d{N, H, W, C};
-  const int64_t M = d.M(), Wp = W / 2;
+  const int64_t M = H * W, Wp = W / 2;
 #pragma omp parallel
   {
     std::vector<double> s_g(C), s_gz(C);
@@ -170,8 +163,7 @@ void podd_block_zgrad(const float* gp, const float* z, const float* gam, const f
 void podd_block_double(const float* gp, const float* z, const float* gam, const float* bet, const float* mu_in,
                        const float* r_in, const float* u, const float* a, const float* b, int64_t N, int64_t H,
                        int64_t W, int64_t C, float* gz, float* d_gp, float* d_z, float* d_gam_nc) {
-  const Dims d{N, H, W, C};
-  const int64_t M = d.M(), Wp = W / 2;
+  const int64_t M = H * W, Wp = W / 2;
 #pragma omp parallel
   {
     std::vector<double> S_g(C), S_gz(C), S_u(C), S_uz(C), S_ug(C);
