@@ -19,8 +19,9 @@ from .errors import PoddError
 from .io import atomic_write_json
 
 _DATA_CACHE: dict[tuple, object] = {}
+# Not hashed into run keys. The last four change kernels and memory, not the maths.
 VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs",
-            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels")  # the last four: same maths, other kernels
+            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels")
 
 
 def config_key(cfg: dict) -> str:

@@ -18,8 +18,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 def keep_freed_memory() -> bool:
     """glibc malloc: serve large blocks from the heap and keep freed memory for reuse; False if unsupported.
 
-    No page faults for repeated activation-sized tensors: the cpu-bench outer step took 11.4 s
-    instead of 12.6 s (README, "Speed"), at 0.4-0.5 GB more peak memory. Lasts for the process.
+    No page faults for repeated activation-sized tensors, at some extra peak memory. Before the
+    compiled kernels (`podd_lib.kernels`) the cpu-bench outer step took 11.4 s instead of 12.6 s;
+    with them the gain is within run-to-run noise (README, "Speed"). Lasts for the process.
     """
     name = ctypes.util.find_library("c")
     if name is None:

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from podd_lib import kernels
 from podd_lib import models as M
+from tests.test_ratbptt import small_meta_grad
 
 CL = torch.channels_last
 
@@ -77,24 +78,10 @@ def test_double_backward_matches_the_pytorch_formulas(lib, shape, upstream):
 
 
 def _meta_grad(cpu_kernels: bool):
-    from podd_lib.algorithm import RealSampler, SyntheticSet
-    from podd_lib.poddl import PosterLabels
-    from podd_lib.poster import make_geometry
-    from podd_lib.ratbptt import RatBptt, RatBpttSettings
-
-    geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
-    labels = PosterLabels([[0, 1]], geom, learned=True)
-    s = RatBpttSettings(window=3, totwindow=5, bs_d=3, bs=24, inner_lr=0.01, real_chunk=10, channels_last=True)
     torch.manual_seed(0)
     net = M.make_model("convnet", channels=3, num_classes=2, im_size=(8, 8), width=16, depth=2)
     net.cpu_kernels = cpu_kernels
-    poster = torch.randn(3, 8, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
-    Y = labels.Y.clone().requires_grad_(True)
-    g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(40, 3, 8, 8, generator=g), torch.randint(0, 2, (40,), generator=g)
-    loss, _ = RatBptt(net, s).meta_loss(SyntheticSet(poster, Y, labels, geom), RealSampler(x, y, 2),
-                                        torch.Generator().manual_seed(3), 0)
-    return torch.cat([t.flatten() for t in torch.autograd.grad(loss, (poster, Y))])
+    return small_meta_grad(net, channels=3)
 
 
 def test_rat_bptt_meta_gradient_is_the_same_with_and_without_kernels(lib, monkeypatch):

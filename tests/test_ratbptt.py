@@ -198,25 +198,31 @@ def test_fused_block_gives_the_same_poster_after_three_outer_steps(monkeypatch, 
                                               generator=torch.Generator().manual_seed(1)), atol=1e-4)  # it moved
 
 
-def test_bfloat16_convolutions_keep_the_meta_gradient_close():
-    """conv_dtype=bfloat16 changes numbers (so it is opt-in); the meta-gradient stays close to float32's."""
+def small_meta_grad(net: torch.nn.Module, channels: int) -> torch.Tensor:
+    """The flat meta-gradient (poster, then Y) of one float32 channels-last RaT-BPTT step on a 2-class 8x8 poster."""
     from podd_lib.algorithm import RealSampler, SyntheticSet
     from podd_lib.ratbptt import RatBptt
 
+    geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
+    labels = PosterLabels([[0, 1]], geom, learned=True)
+    s = RatBpttSettings(window=3, totwindow=5, bs_d=3, bs=24, inner_lr=0.01, real_chunk=10, channels_last=True)
+    poster = torch.randn(channels, 8, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    Y = labels.Y.clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(40, channels, 8, 8, generator=g), torch.randint(0, 2, (40,), generator=g)
+    loss, _ = RatBptt(net, s).meta_loss(SyntheticSet(poster, Y, labels, geom), RealSampler(x, y, 2),
+                                        torch.Generator().manual_seed(3), 0)
+    return torch.cat([t.flatten() for t in torch.autograd.grad(loss, (poster, Y))])
+
+
+def test_bfloat16_convolutions_keep_the_meta_gradient_close():
+    """conv_dtype=bfloat16 changes numbers (so it is opt-in); the meta-gradient stays close to float32's."""
+
     def meta_grad(cdt):
-        geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
-        labels = PosterLabels([[0, 1]], geom, learned=True)
-        s = RatBpttSettings(window=3, totwindow=5, bs_d=3, bs=24, inner_lr=0.01, real_chunk=10, channels_last=True)
         torch.manual_seed(0)
         net = make_model("convnet", channels=1, num_classes=2, im_size=(8, 8), width=16, depth=2)
         net.conv_dtype = cdt
-        poster = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
-        Y = labels.Y.clone().requires_grad_(True)
-        g = torch.Generator().manual_seed(2)
-        x, y = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 2, (40,), generator=g)
-        loss, _ = RatBptt(net, s).meta_loss(SyntheticSet(poster, Y, labels, geom), RealSampler(x, y, 2),
-                                            torch.Generator().manual_seed(3), 0)
-        return torch.cat([t.flatten() for t in torch.autograd.grad(loss, (poster, Y))])
+        return small_meta_grad(net, channels=1)
 
     ref, bf = meta_grad(None), meta_grad(torch.bfloat16)
     cos = float(ref @ bf / ref.norm() / bf.norm())

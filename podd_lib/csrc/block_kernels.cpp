@@ -32,6 +32,17 @@ inline float masked(float zv, float s, float t, float gpv) {
   return static_cast<float>(s * zv + t > 0.f) * (0.25f * gpv);
 }
 
+// Over one pixel's channels: S_g += gy and S_gz += gy * z (the sums of the norm's backward).
+inline void add_gy_sums(const float* zr, const float* gr, const float* s, const float* t, int64_t C, double* S_g,
+                        double* S_gz) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    const float g = masked(zr[c], s[c], t[c], gr[c]);
+    S_g[c] += g;
+    S_gz[c] += static_cast<double>(g) * zr[c];
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -109,14 +120,8 @@ void podd_block_zgrad(const float* gp, const float* z, const float* gam, const f
       std::fill(s_gz.begin(), s_gz.end(), 0.0);
       for (int64_t h = 0; h < H; ++h) {
         for (int64_t w = 0; w < W; ++w) {
-          const float* zr = zn + (h * W + w) * C;
-          const float* gr = gpn + ((h / 2) * Wp + w / 2) * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const float g = masked(zr[c], s[c], t[c], gr[c]);
-            s_g[c] += g;
-            s_gz[c] += static_cast<double>(g) * zr[c];
-          }
+          add_gy_sums(zn + (h * W + w) * C, gpn + ((h / 2) * Wp + w / 2) * C, s.data(), t.data(), C, s_g.data(),
+                      s_gz.data());
         }
       }
       for (int64_t c = 0; c < C; ++c) {
@@ -182,12 +187,7 @@ void podd_block_double(const float* gp, const float* z, const float* gam, const 
           const int64_t o = (h * W + w) * C;
           const float* zr = zn + o;
           const float* gr = gpn + ((h / 2) * Wp + w / 2) * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const float g = masked(zr[c], s[c], t[c], gr[c]);
-            S_g[c] += g;
-            S_gz[c] += static_cast<double>(g) * zr[c];
-          }
+          add_gy_sums(zr, gr, s.data(), t.data(), C, S_g.data(), S_gz.data());
           if (un) {
             const float* ur = un + o;
 #pragma omp simd
