@@ -1,0 +1,204 @@
+"""The search for the scale at which the paper's claims appear (CIFAR-10, 1 IPC).
+
+    python benchmarks/probes.py --costs                 # seconds per outer step of each knob
+    python benchmarks/probes.py --run lr01-s300 w64     # run probes (cached; resumable)
+    python benchmarks/probes.py --table                 # render benchmarks/probes.md
+
+A probe is a set of config overrides on top of the `quick` profile. It distils the 16x6-patch
+poster and the 5x2 tiling (same 64x160 pixels, one image per class) for each seed, evaluates
+both as the profile evaluates, and appends one row per (representation, seed) to
+benchmarks/probes.jsonl: the command, wall time, seconds per outer step and accuracies.
+Runs go to the run cache (--cache, default ~/.cache/podd-kit/probes), so an interrupted probe
+continues from its checkpoints and a finished one is never redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+ROWS = HERE / "probes.jsonl"
+TABLE = HERE / "probes.md"
+CACHE = Path(os.environ.get("PODD_PROBE_CACHE", Path.home() / ".cache" / "podd-kit" / "probes"))
+
+# The paper's inner problem (method notes section 4) and the release's start (section 1).
+PAPER_INNER = {"width": 128, "window": 60, "totwindow": 200, "bs": 5000, "lr": 0.001}
+RELEASE_INIT = {"init": "class_areas"}
+
+# name -> (overrides on the quick profile, seeds). The quick profile itself: width 32, window 5
+# of 20, bs 256, lr 0.03, 100 outer steps, 4 networks x 300 evaluation steps.
+PROBES: dict[str, tuple[dict, tuple[int, ...]]] = {
+    "quick": ({}, (0, 1)),
+    "w128": ({"width": 128}, (0, 1)),
+    "w64": ({"width": 64}, (0, 1)),
+    "bs2000": ({"bs": 2000}, (0, 1)),
+    "learned": ({"labels": "learned"}, (0, 1)),
+    "lr01-s300": ({"lr": 0.01, "steps": 300}, (0, 1)),
+    "lr003-s500": ({"lr": 0.003, "steps": 500}, (0, 1)),
+    "areas-lr01-s300": ({**RELEASE_INIT, "lr": 0.01, "steps": 300}, (0, 1)),
+    "w64-win20-s300": ({"width": 64, "window": 20, "totwindow": 60, "lr": 0.01, "steps": 300}, (0, 1)),
+    "fig6-s100": ({**PAPER_INNER, **RELEASE_INIT, "steps": 100}, (0, 1)),
+}
+
+# Knobs whose cost per outer step is measured first (--costs): the quick profile and one change each.
+COSTS: dict[str, dict] = {
+    "quick": {},
+    "width 64": {"width": 64},
+    "width 128": {"width": 128},
+    "bs 1000": {"bs": 1000},
+    "bs 5000": {"bs": 5000},
+    "window 20 of 60": {"window": 20, "totwindow": 60},
+    "window 60 of 200": {"window": 60, "totwindow": 200},
+    "labels learned": {"labels": "learned"},
+    "paper inner problem": PAPER_INNER,
+}
+
+
+def data_root() -> str | None:
+    """The CIFAR-10 root: $PODD_DATA_ROOT, else ./data when it holds CIFAR-10, else torchvision's download."""
+    root = os.environ.get("PODD_DATA_ROOT") or str(HERE.parent / "data")
+    return root if Path(root, "cifar10").exists() or os.environ.get("PODD_DATA_ROOT") else None
+
+
+def command(name: str) -> str:
+    """The command line that runs one probe."""
+    return f"python benchmarks/probes.py --run {name}"
+
+
+def tiling() -> dict:
+    """The 5x2 tiling of the 1-IPC poster: one non-overlapping patch per class area."""
+    from podd_lib.report import tiling_overrides
+
+    return tiling_overrides("cifar10", "quick")
+
+
+def run_probe(name: str, device: str) -> list[dict]:
+    """Distil and evaluate a probe's poster/tiling pairs; append and return its rows."""
+    from podd_lib.experiments import distill_and_evaluate
+
+    over, seeds = PROBES[name]
+    done = {(r["probe"], r["representation"], r["seed"]) for r in read_rows() if "probe" in r}
+    rows = []
+    for seed in seeds:
+        for rep, extra in (("poster", {}), ("tiling", tiling())):
+            if (name, rep, seed) in done:
+                continue
+            t0 = time.time()
+            res = distill_and_evaluate("cifar10", 1.0, "quick", CACHE, {**extra, **over, "seed": seed},
+                                       data_root(), tag=f"probe-{name}", device=device)
+            soft = res["summary"]["soft"]
+            row = {"probe": name, "representation": rep, "seed": seed, "overrides": over,
+                   "acc_mean": soft["mean"], "acc_std": soft["std"],
+                   "accs": res["eval"]["soft"]["by_step"][-1]["acc_pct"], "eval_step": soft["step"],
+                   "outer_steps": res["steps"], "seconds_per_step": res["seconds_per_step_median"],
+                   "wall_seconds": round(time.time() - t0, 1), "config_key": res["config_key"],
+                   "command": command(name), "date": time.strftime("%Y-%m-%d")}
+            append_row(row)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def measure_costs(steps: int, device: str) -> list[dict]:
+    """Median seconds per outer step (random curriculum) for each knob in COSTS, on real data."""
+    import torch
+
+    from podd_lib.config import resolve_config
+    from podd_lib.distill import adapt_config_to_data, distill, geometry_from_config, order_for
+    from podd_lib.experiments import load_real
+
+    out = []
+    for label, over in COSTS.items():
+        cfg = resolve_config("cifar10", 1.0, "quick", {**over, "steps": steps + 1, "checkpoint_every": 10**6})
+        real = load_real(cfg, data_root())
+        cfg = adapt_config_to_data(cfg, real)
+        order = order_for(cfg, list(real.classes), geometry_from_config(cfg))
+        with __import__("tempfile").TemporaryDirectory() as tmp:
+            st = distill(cfg, real, order, Path(tmp) / "run", device=device, progress=False)
+        secs = [r["seconds"] for r in st.history][1:]  # the first step warms up
+        row = {"cost": label, "overrides": over, "seconds_per_step": round(statistics.median(secs), 3),
+               "steps_timed": len(secs), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+               "command": f"python benchmarks/probes.py --costs --cost-steps {steps}"}
+        append_row(row)
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    return out
+
+
+def read_rows() -> list[dict]:
+    """Every row recorded so far."""
+    return [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()] if ROWS.exists() else []
+
+
+def append_row(row: dict) -> None:
+    """Append one JSON row (a single write of one line)."""
+    with open(ROWS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def render_table(rows: list[dict]) -> str:
+    """benchmarks/probes.md: the cost table, then one line per probe with poster and tiling side by side."""
+    lines = ["# Probes: where do the paper's claims appear?", "",
+             "Generated by `python benchmarks/probes.py --table` from `benchmarks/probes.jsonl`; every row",
+             "was measured on a 2-core CPU with the command beside it. CIFAR-10, 1 IPC, fixed labels unless",
+             "the overrides say otherwise; `poster` = 16x6 patches, `tiling` = 5x2 (one image per class).",
+             "Each probe's overrides apply on top of the `quick` profile.", "", "## Cost of each knob", "",
+             "| knob | overrides | s / outer step | threads | date |", "| --- | --- | --- | --- | --- |"]
+    for r in (r for r in rows if "cost" in r):
+        lines.append(f"| {r['cost']} | `{json.dumps(r['overrides'])}` | {r['seconds_per_step']} | {r['threads']} "
+                     f"| {r['date']} |")
+    lines += ["", "## Probes", "",
+              "Accuracy: mean over seeds of each seed's mean over the evaluation networks (%); `gap` = poster "
+              "minus tiling, with the per-seed gaps in brackets. A claim shows when every seed's gap is positive.",
+              "", "| probe | overrides | poster | tiling | gap (per seed) | outer steps | s / step | wall (min) "
+              "| command |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    by_probe: dict[str, list[dict]] = {}
+    for r in (r for r in rows if "probe" in r):
+        by_probe.setdefault(r["probe"], []).append(r)
+    for name, rs in by_probe.items():
+        acc = {rep: {r["seed"]: r["acc_mean"] for r in rs if r["representation"] == rep} for rep in ("poster", "tiling")}
+        seeds = sorted(set(acc["poster"]) & set(acc["tiling"]))
+        gaps = [acc["poster"][s] - acc["tiling"][s] for s in seeds]
+
+        def mean(d: dict) -> str:
+            return f"{statistics.mean(d.values()):.1f} ({len(d)} seeds)" if d else "-"
+
+        gap = f"{statistics.mean(gaps):+.1f} [{', '.join(f'{g:+.1f}' for g in gaps)}]" if gaps else "-"
+        sps = statistics.median(r["seconds_per_step"] for r in rs if r["seconds_per_step"])
+        wall = sum(r["wall_seconds"] for r in rs) / 60
+        lines.append(f"| {name} | `{json.dumps(rs[0]['overrides'])}` | {mean(acc['poster'])} | {mean(acc['tiling'])} "
+                     f"| {gap} | {rs[0]['outer_steps']} | {sps:.2f} | {wall:.0f} | `{rs[0]['command']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Parse the command line and run what it asks."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", nargs="*", metavar="PROBE", help=f"probes to run: {', '.join(PROBES)}")
+    p.add_argument("--costs", action="store_true", help="measure seconds per outer step of each knob first")
+    p.add_argument("--cost-steps", type=int, default=3, help="timed outer steps per knob (after one warm-up)")
+    p.add_argument("--table", action="store_true", help="write benchmarks/probes.md from the recorded rows")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args()
+    unknown = [n for n in a.run or [] if n not in PROBES]
+    if unknown:
+        p.error(f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(PROBES)}")
+    if a.costs:
+        measure_costs(a.cost_steps, a.device)
+    for name in a.run or []:
+        run_probe(name, a.device)
+        TABLE.write_text(render_table(read_rows()))
+    if a.table:
+        TABLE.write_text(render_table(read_rows()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The claims table decides each claim from result rows by its stated rule, never by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from podd_lib import claims
+
+
+def row(**kw):
+    """A results-table row with ours/paper means and stds."""
+    return {"ours_std": 0.5, "paper_mean": None, "paper_std": None, **kw}
+
+
+def results(poster=30.0, tiling=27.0, low=25.0, random=17.0, many=31.0, few=28.0, soft=26.0, hard=24.0,
+            order=21.0, randoms=(19.0, 19.5, 20.0), scores=(0.13, 0.09, 0.10, 0.11)):
+    """A synthetic set of result files shaped like the notebooks' outputs/results/*.json."""
+    t1 = [row(method="RaT-BPTT (tiling)", IPC=1.0, ours_mean=tiling),
+          row(method="PoDD", IPC=1.0, ours_mean=poster),
+          row(method="PoDD", IPC=0.5, ours_mean=soft, hard_mean=hard, hard_std=0.5),
+          row(method="PoDD", IPC=0.3, ours_mean=low, hard_mean=hard - 1, hard_std=0.5)]
+    t2 = [row(method="Random real images (1 IPC)", ours_mean=random)]
+    f6 = [row(patches=p, ours_mean=a) for p, a in ((10, few), (40, (few + many) / 2), (96, many))]
+    orders = [row(order="paper", score=scores[0], ours_mean=order)]
+    orders += [row(order=f"random:{i}", score=s, ours_mean=a) for i, (s, a) in enumerate(zip(scores[1:], randoms), 1)]
+    algos = [row(algorithm="DM", **{"synthetic set": "poster"}, ours_mean=24.0),
+             row(algorithm="DM", **{"synthetic set": "tiling"}, ours_mean=24.2)]
+    return [{"name": "02_table1_less_than_one_ipc", "rows": t1}, {"name": "03_table2_one_ipc", "rows": t2},
+            {"name": "04_ablation_patch_number", "rows": f6}, {"name": "05_ablation_class_order", "rows": orders},
+            {"name": "07_algorithms_under_posters", "rows": algos}]
+
+
+def verdicts(res):
+    """claim -> verdict."""
+    return {r["claim"]: r["verdict"] for r in claims.claims_table(res)}
+
+
+def test_every_claim_shown_when_the_numbers_say_so():
+    v = verdicts(results())
+    assert v["a poster beats the 1-IPC tiling (CIFAR-10, 1 IPC)"] == "shown"
+    assert v["more patches help (96 vs 10 patches, CIFAR-10, 1 IPC)"] == "shown"
+    assert v["learned labels beat their argmax below 0.7 IPC"] == "shown"
+    assert v["accuracy falls gently from 1.0 to 0.3 IPC and stays above random real images"] == "shown"
+    assert v["PoCO's order beats random orders; ordering score correlates with accuracy"] == "shown"
+    assert v["a poster beats the tiling under DM"] == "not shown"  # 24.0 vs 24.2
+
+
+@pytest.mark.parametrize("change, claim", [
+    ({"poster": 27.3}, "a poster beats the 1-IPC tiling (CIFAR-10, 1 IPC)"),  # +0.3 < spread 0.5
+    ({"poster": 25.0}, "a poster beats the 1-IPC tiling (CIFAR-10, 1 IPC)"),
+    ({"many": 28.2}, "more patches help (96 vs 10 patches, CIFAR-10, 1 IPC)"),
+    ({"hard": 25.9}, "learned labels beat their argmax below 0.7 IPC"),
+    ({"random": 24.8}, "accuracy falls gently from 1.0 to 0.3 IPC and stays above random real images"),
+    ({"order": 19.8}, "PoCO's order beats random orders; ordering score correlates with accuracy"),
+])
+def test_each_claim_fails_when_its_numbers_do_not_support_it(change, claim):
+    assert verdicts(results(**change))[claim] == "not shown"
+
+
+def test_missing_runs_are_not_run():
+    v = verdicts([])
+    assert set(v.values()) == {"not run"}
+
+
+def test_pooled_spread_and_pearson():
+    assert claims.pooled_spread(3.0, 4.0) == pytest.approx(math.sqrt(12.5))
+    assert claims.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert claims.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert claims.pearson([1, 2], [1, 2]) is None
+
+
+def test_markdown_has_one_line_per_claim():
+    rows = claims.claims_table(results())
+    md = claims.claims_markdown(rows, "quick")
+    assert md.count("\n") == len(rows) + 2
+    assert "**shown**" in md and "**not shown**" in md
