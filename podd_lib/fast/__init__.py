@@ -12,7 +12,7 @@ compiled kernels, and "auto" is "fast" on the CPU and "reference" elsewhere (the
 only been measured on the CPU). Timings are in benchmarks/README.md.
 
 Importing this package changes nothing in the process; `enable_runtime()` does, and the `podd`
-command, the benchmarks and the notebooks' session call it before their first tensor.
+command, the benchmarks and the notebooks' set-up call it before their first tensor.
 """
 
 from __future__ import annotations
