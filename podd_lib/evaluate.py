@@ -174,7 +174,7 @@ def _vmapped_grads(base: nn.Module, params: Params, buffers: Params, xb: Tensor,
 
 
 # The loop over models feeds channels-last batches: same maths, faster convolutions and pooling
-# on the CPU (README, "Speed"). vmap keeps NCHW.
+# on the CPU (see benchmarks/README.md). vmap keeps NCHW.
 CHANNELS_LAST = True
 
 
