@@ -1,9 +1,9 @@
 """Time the distiller's outer step, the evaluation, and patch/label extraction at named settings.
 
-    python benchmarks/bench_distill.py --setting cpu-bench            # the issue's CPU setting
+    python benchmarks/bench_distill.py --setting cpu-bench            # the CPU setting
     python benchmarks/bench_distill.py --setting paper --device cuda  # CIFAR-10 paper settings
     python benchmarks/bench_distill.py --setting smoke                # seconds; CI runs this
-    python benchmarks/bench_distill.py --parts outer_step --before        # the step before issue #6
+    python benchmarks/bench_distill.py --parts outer_step --before        # the step before the speed work
     python benchmarks/bench_distill.py --parts phases,conv_dtype,peak     # where time goes; bf16; GFLOP/s
 
 Prints one JSON line per measured part: median seconds, steps per second, peak memory (CPU
@@ -26,26 +26,30 @@ import sys
 import time
 from pathlib import Path
 
-# Must precede the first large CPU allocation (podd_lib sets the same default on import).
-os.environ["THP_MEM_ALLOC_ENABLE"] = "0" if "--before" in sys.argv else os.environ.get("THP_MEM_ALLOC_ENABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from podd_lib.fast import enable_runtime  # noqa: E402
+
+# Must precede the first large CPU allocation: PyTorch's allocator reads the setting once.
+if "--before" in sys.argv:
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
+enable_runtime()
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from podd_lib import kernels  # noqa: E402
+from podd_lib.fast import kernels  # noqa: E402
 from podd_lib.config import parse_sets, resolve_config  # noqa: E402
-from podd_lib.distill import build_problem, initial_state  # noqa: E402
+from podd_lib.run import build_problem, initial_state  # noqa: E402
 from podd_lib.evaluate import train_and_test  # noqa: E402
 from podd_lib.poster import extract_patches  # noqa: E402
-from podd_lib.ratbptt import outer_step  # noqa: E402
-from podd_lib.runtime import keep_freed_memory  # noqa: E402
+from podd_lib.algorithms.ratbptt import outer_step  # noqa: E402
+from podd_lib.fast.runtime import keep_freed_memory  # noqa: E402
 
 ORDER = [[9, 0, 2, 4, 3], [1, 8, 6, 7, 5]]
 
 # Named settings: config overrides on CIFAR-10 at 1 IPC (16x6 = 96 patches) plus bench sizes.
 SETTINGS = {
-    # The issue's CPU setting: width 128, bs_d 96, fixed curriculum of 10 plain steps, window 10, bs 500.
+    # The CPU setting: width 128, bs_d 96, fixed curriculum of 10 plain steps, window 10, bs 500.
     "cpu-bench": dict(over={"width": 128, "window": 10, "totwindow": 20, "bs": 500, "fixed_curriculum": 10},
                       steps=3, warmup=1, eval_models=8, eval_steps=300, eval_width=128),
     # The paper's CIFAR-10 settings (window 60, totwindow 200, bs 5000): for a GPU.
@@ -102,7 +106,7 @@ def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: 
 
 
 def kernels_used(cfg: dict, device: str) -> str:
-    """Which elementwise code the fused blocks ran: "compiled" (podd_lib.kernels) or "torch"."""
+    """Which elementwise code the fused blocks ran: "compiled" (podd_lib.fast.kernels) or "torch"."""
     on = BLOCK_IMPL == "fused" and cfg["cpu_kernels"] and device == "cpu" and cfg["channels_last"]
     return "compiled" if on and kernels.load() is not None else "torch"
 
@@ -119,9 +123,9 @@ def _cpu_bench_problem(setting: str, device: str, sets: dict | None):
 
 def bench_phases(setting: str, device: str, sets: dict | None = None, rounds: int = 2) -> dict:
     """Seconds of each part of one outer step: plain steps, unrolled window, real batch, backward."""
-    from podd_lib.algorithm import SyntheticSet
+    from podd_lib.algorithms.base import SyntheticSet, reinit_params
+    from podd_lib.algorithms.ratbptt import inner_steps, real_loss_grad_chunked
     from podd_lib.optim import adam_init
-    from podd_lib.ratbptt import inner_steps, real_loss_grad_chunked, reinit_params
 
     cfg, pb, st, x, y = _cpu_bench_problem(setting, device, sets)
     s, model, syn = pb.settings, pb.model, SyntheticSet(st.poster, st.Y, pb.labels, pb.geom)
@@ -159,8 +163,8 @@ def bench_phases(setting: str, device: str, sets: dict | None = None, rounds: in
 
 def bench_conv_dtype(setting: str, device: str, sets: dict | None = None) -> dict:
     """Cosine similarity of the meta-gradient under conv_dtype=bfloat16 with float32's (same step, same RNG)."""
-    from podd_lib.algorithm import RealSampler, SyntheticSet
-    from podd_lib.ratbptt import RatBptt
+    from podd_lib.algorithms.base import RealSampler, SyntheticSet
+    from podd_lib.algorithms.ratbptt import RatBptt
 
     _, pb, st, x, y = _cpu_bench_problem(setting, device, sets)
     leaves = [t for t in (st.poster, st.Y) if t is not None]
@@ -258,17 +262,17 @@ BEFORE = {"real_chunk": 0, "channels_last": False, "cpu_kernels": False}
 def use_plain_layers() -> None:
     """The ConvNet as separate layers: F.group_norm and autograd's generic double backward."""
     import podd_lib.evaluate as evaluate
-    import podd_lib.models as models
+    import podd_lib.fast.block as block
 
     global BLOCK_IMPL
-    models._under_functorch = lambda x: True
+    block._under_functorch = lambda x: True
     evaluate.CHANNELS_LAST = False
     BLOCK_IMPL = "layers"
 
 
 def use_backward_into_every_leaf() -> None:
     """The outer backward as it was: loss.backward(), which also fills the inner network's leaves."""
-    import podd_lib.algorithm as algorithm
+    import podd_lib.algorithms.base as algorithm
 
     def grads_of_leaves(st, loss):
         loss.backward()
@@ -289,7 +293,7 @@ def main() -> None:
     p.add_argument("--memory-limit-gb", type=float, default=None,
                    help="cap this process's address space; running out is reported as a JSON line, not a crash")
     p.add_argument("--eval-steps", type=int, default=None, help="training steps of the evaluation part")
-    p.add_argument("--before", action="store_true", help="the outer step as it was before issue #6 (see above)")
+    p.add_argument("--before", action="store_true", help="the outer step as it was before the speed work (see above)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc malloc keeps freed memory for reuse: faster on CPU, more peak RSS")
     args = p.parse_args()
@@ -298,7 +302,7 @@ def main() -> None:
         use_plain_layers()
         use_backward_into_every_leaf()
         sets = {**BEFORE, **sets}
-    if args.keep_freed_memory and not keep_freed_memory():  # podd_lib.runtime
+    if args.keep_freed_memory and not keep_freed_memory():  # podd_lib.fast.runtime
         p.error("--keep-freed-memory needs glibc's mallopt")
     torch.manual_seed(0)
     parts = args.parts.split(",")

@@ -72,7 +72,7 @@ def _load_real(cfg: dict, args: argparse.Namespace):
 
 def cmd_info(args: argparse.Namespace) -> dict:
     """Geometry and label parameters as JSON, without touching data."""
-    from .distill import geometry_from_config
+    from .run import geometry_from_config
     from .poddl import PosterLabels
 
     cfg = _config(args)
@@ -88,7 +88,7 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     """Distill a poster into --out (resumable)."""
-    from .distill import adapt_config_to_data, distill, geometry_from_config, order_for
+    from .run import adapt_config_to_data, distill, geometry_from_config, order_for
 
     cfg = _config(args)
     device = _device(args.device)
@@ -105,8 +105,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 def cmd_experts(args: argparse.Namespace) -> None:
     """Train (or extend) and cache MTT's expert trajectories for a config."""
-    from .distill import adapt_config_to_data, expert_settings, experts_root, model_for
-    from .mtt import experts_dir, load_or_train_experts
+    from .run import adapt_config_to_data, model_for
+    from .algorithms.mtt import expert_settings, experts_dir, experts_root, load_or_train_experts
 
     cfg = _config(args)
     if args.out:
@@ -125,7 +125,7 @@ def cmd_experts(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Evaluate a run, or a baseline, under the paper's protocol; write JSON."""
     from . import evaluate as ev
-    from .distill import load_run
+    from .run import load_run
 
     device = _device(args.device)
     if args.run:
@@ -189,7 +189,7 @@ def summary_line(result: dict) -> str:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Write a run's distilled set as one .pt file or as an ImageFolder tree of PNGs."""
-    from .distill import load_run
+    from .run import load_run
     from .export import export_run
 
     path = export_run(load_run(args.run), args.format, Path(args.dest) if args.dest else Path(args.run) / "export")
@@ -267,8 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `podd` and `python -m podd_lib`."""
     args = build_parser().parse_args(argv)
+    from .fast import enable_runtime
+
+    enable_runtime()  # before the first tensor: PyTorch's allocator reads it once
     if getattr(args, "keep_freed_memory", False):
-        from .runtime import keep_freed_memory
+        from .fast.runtime import keep_freed_memory
 
         if not keep_freed_memory():
             print("podd: warning: --keep-freed-memory needs glibc; ignored", file=sys.stderr)

@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from .errors import PoddError
+from .fast import BACKENDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -153,6 +154,10 @@ def check_algorithm(cfg: dict) -> None:
             cfg.get("fused_blocks", True) and (cfg.get("arch"), cfg.get("norm"), cfg.get("pool")) == ("convnet", "instance", "avg")):
         raise PoddError("conv_dtype=bfloat16 needs fused_blocks=true and a ConvNet with instance norm and avg pooling "
                         "(it is a setting of the fused ConvNet block)")
+    if cfg.get("backend", "auto") not in BACKENDS:
+        raise PoddError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.get('backend')!r}")
+    if cfg.get("backend") == "reference" and cfg.get("conv_dtype", "float32") != "float32":
+        raise PoddError("conv_dtype=bfloat16 is a setting of the fast backend; use backend=fast or auto")
     for key in ("channels_last", "fused_blocks", "cpu_kernels", "per_class_posters"):
         if not isinstance(cfg.get(key, False), bool):
             raise PoddError(f"{key} must be true or false, got {cfg.get(key)!r}")

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
+from podd_lib.algorithms.base import soft_cross_entropy
 from podd_lib.augment import augment, parse_strategy
 from podd_lib.errors import PoddError
 from podd_lib.io import atomic_write_json
@@ -49,11 +50,6 @@ STD_NOTE = "population standard deviation over models (ddof=0)"
 
 
 # ---------------------------------------------------------------- small pure helpers
-
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over the batch of -(targets * log_softmax(logits)).sum(-1)."""
-    return -(targets * F.log_softmax(logits, dim=-1)).sum(-1).mean()
-
 
 def hardened(y: Tensor) -> Tensor:
     """One-hot of the argmax of each soft label (ties go to the lowest class index)."""
@@ -178,7 +174,7 @@ def _vmapped_grads(base: nn.Module, params: Params, buffers: Params, xb: Tensor,
 
 
 # The loop over models feeds channels-last batches: same maths, faster convolutions and pooling
-# on the CPU (README, "Speed"). vmap keeps NCHW.
+# on the CPU (see benchmarks/README.md). vmap keeps NCHW.
 CHANNELS_LAST = True
 
 

@@ -19,9 +19,9 @@ from .errors import PoddError
 from .io import atomic_write_json
 
 _DATA_CACHE: dict[tuple, object] = {}
-# Not hashed into run keys. The last four change kernels and memory, not the maths.
+# Not hashed into run keys. The last five change kernels and memory, not the maths.
 VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs",
-            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels")
+            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels", "backend")
 
 
 def config_key(cfg: dict) -> str:
@@ -104,7 +104,7 @@ def distill_and_evaluate(
     device: str = "auto",
 ) -> dict:
     """Distill a poster with a resolved config and evaluate it; cached by config hash."""
-    from .distill import adapt_config_to_data, distill, geometry_from_config, load_run, order_for
+    from .run import adapt_config_to_data, distill, geometry_from_config, load_run, order_for
     from .evaluate import evaluate_distilled
 
     cfg = resolve_config(dataset, ipc, profile, overrides or {})

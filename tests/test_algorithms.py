@@ -1,19 +1,19 @@
-"""Issue #5: the algorithm interface, MTT, DM, DC and DREAM on posters."""
+"""The algorithm interface, MTT, DM, DC and DREAM on posters."""
 
 import csv
 
 import pytest
 import torch
 
-from podd_lib.algorithm import RealSampler, SyntheticSet
+from podd_lib.algorithms.base import RealSampler, SyntheticSet
 from podd_lib.config import resolve_config
-from podd_lib.dc import GradientMatching, DCSettings, layer_distance, match_distance
-from podd_lib.distill import distill, load_run
-from podd_lib.dm import DistributionMatching, DMSettings, dm_loss, weighted_class_means
-from podd_lib.dream import DreamSampler, kmeans, representatives, split_evenly
+from podd_lib.algorithms.dc import GradientMatching, DCSettings, layer_distance, match_distance
+from podd_lib.run import distill, load_run
+from podd_lib.algorithms.dm import DistributionMatching, DMSettings, dm_loss, weighted_class_means
+from podd_lib.algorithms.dream import DreamSampler, kmeans, representatives, split_evenly
 from podd_lib.errors import PoddError
 from podd_lib.models import ConvNet
-from podd_lib.mtt import (ExpertSettings, MTTSettings, TrajectoryMatching, flatten_params, load_or_train_experts,
+from podd_lib.algorithms.mtt import (ExpertSettings, MTTSettings, TrajectoryMatching, flatten_params, load_or_train_experts,
                           mtt_loss, unflatten_params)
 from podd_lib.poddl import PosterLabels
 from podd_lib.poster import extract_patches, init_from_images, make_geometry, tiling_geometry
@@ -82,7 +82,7 @@ def test_mtt_student_that_reaches_the_target_scores_zero():
     # Replay the student by hand (full batch, no augmentation: deterministic).
     from torch.func import functional_call
 
-    from podd_lib.ratbptt import soft_cross_entropy
+    from podd_lib.algorithms.base import soft_cross_entropy
 
     flat = start.clone()
     x, y = syn.batch()
@@ -116,7 +116,7 @@ def test_experts_are_cached_and_reused(tmp_path, monkeypatch):
     a = load_or_train_experts(model, real.x_train, real.y_train, es, tmp_path)
     n_params = sum(p.numel() for p in model.parameters())
     assert a.shape == (2, 3, n_params) and not torch.equal(a[0, 0], a[0, 2]) and not torch.equal(a[0, 0], a[1, 0])
-    import podd_lib.mtt as mtt
+    import podd_lib.algorithms.mtt as mtt
 
     monkeypatch.setattr(mtt, "train_expert", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     b = load_or_train_experts(model, real.x_train, real.y_train, es, tmp_path)
@@ -297,7 +297,7 @@ def test_per_class_posters_distil_end_to_end(tmp_path):
     real = fake_real()
     cfg = tiny_cfg(per_class_posters=True, labels="fixed", patch_grid=[3, 3], steps=2)
     cfg = resolve_config("cifar10", 4, "smoke", {**cfg["user_overrides"]})
-    from podd_lib.distill import geometry_from_config
+    from podd_lib.run import geometry_from_config
 
     geom = geometry_from_config(cfg)
     assert (geom.d_h, geom.d_w) == (64, 64) and geom.n_patches == 9  # sqrt(4) x the 32x32 one-class tiling

@@ -115,7 +115,7 @@ def test_keep_freed_memory_flag_and_runtime_switch():
     assert args.keep_freed_memory
     assert not build_parser().parse_args(["distill", "--dataset", "cifar10", "--out", "x"]).keep_freed_memory
     # in a child process: the switch lasts for the whole process
-    code = ("import torch; from podd_lib.runtime import keep_freed_memory; ok = keep_freed_memory(); "
+    code = ("import torch; from podd_lib.fast.runtime import keep_freed_memory; ok = keep_freed_memory(); "
             "x = torch.ones(96, 128, 32, 32); print(ok, float((x * 2).sum()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -253,8 +253,8 @@ def test_second_load_hits_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("recomputed despite the cache")
-    monkeypatch.setattr(D, "_decode_images", boom)
-    monkeypatch.setattr(D, "_eigh", boom)
+    monkeypatch.setattr(D.sources, "_decode_images", boom)
+    monkeypatch.setattr(D.zca, "_eigh", boom)
     second = D.load_dataset(name, data_root=tmp_path, zca=True)
     torch.testing.assert_close(second.x_train, first.x_train, rtol=0, atol=1e-6)
     torch.testing.assert_close(second.x_test, first.x_test, rtol=0, atol=1e-6)

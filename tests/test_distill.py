@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from podd_lib.algorithm import RealSampler
+from podd_lib.algorithms.base import RealSampler
 from podd_lib.config import parse_sets, resolve_config
-from podd_lib.distill import distill, load_run
+from podd_lib.run import distill, load_run
 from podd_lib.errors import PoddError
 
 ORDER = [[9, 0, 2, 4, 3], [1, 8, 6, 7, 5]]
@@ -38,7 +38,7 @@ def test_resume_gives_the_same_poster_as_an_uninterrupted_run(tmp_path):
     resumed = distill(cfg, real, ORDER, tmp_path / "part", resume=True, progress=False)
     assert resumed.step == 4
     # CPU convolution backward may sum in a thread-dependent order, so two identical runs in one
-    # process can differ in the last bits; the issue asks for bitwise or 1e-6.
+    # process can differ in the last bits; the requirement is bitwise or 1e-6.
     assert torch.allclose(full.poster, resumed.poster, atol=1e-6, rtol=0)
     assert torch.allclose(full.Y, resumed.Y, atol=1e-6, rtol=0)  # 0.5 IPC on CIFAR-10: learned labels
     assert not torch.allclose(full.poster, part.poster, atol=1e-6, rtol=0)  # the test can fail

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from podd_lib import kernels
+from podd_lib.fast import kernels
 from podd_lib import models as M
+from podd_lib.fast import block as B
 from tests.test_ratbptt import small_meta_grad
 
 CL = torch.channels_last
@@ -42,7 +43,7 @@ SHAPES = [(3, 7, 6, 4), (5, 16, 8, 8), (4, 128, 32, 32)]
 def test_forward_matches_norm_relu_pool(lib, shape):
     z, gam, bet, *_ = _case(*shape)
     p, mean, rstd = kernels.block_forward(lib, z, gam, bet, 1e-5)
-    y, m0, r0 = M._fused_norm(z.double(), gam.double(), bet.double(), 1e-5)
+    y, m0, r0 = B._fused_norm(z.double(), gam.double(), bet.double(), 1e-5)
     assert _close(p, F.avg_pool2d(y.relu(), 2)) and _close(mean, m0) and _close(rstd, r0)
     assert p.is_contiguous(memory_format=CL)
 
@@ -54,7 +55,7 @@ def test_zgrad_matches_the_pytorch_backward(lib, shape, with_extra):
     _, mean, rstd = kernels.block_forward(lib, z, gam, bet, 1e-5)
     gz, gg, gb = kernels.block_zgrad(lib, gp, z, gam, bet, mean, rstd, u if with_extra else None)
     D = lambda t: t.double()  # noqa: E731
-    gz0, gg0, gb0 = M._z_grad(D(gp), D(z), D(gam), D(bet), D(mean), D(rstd))
+    gz0, gg0, gb0 = B._z_grad(D(gp), D(z), D(gam), D(bet), D(mean), D(rstd))
     assert _close(gz, gz0 + (D(u) if with_extra else 0)) and _close(gg, gg0) and _close(gb, gb0)
 
 
@@ -67,10 +68,10 @@ def test_double_backward_matches_the_pytorch_formulas(lib, shape, upstream):
     gz, d_gp, d_z, d_gam = kernels.block_double(lib, gp, z, gam, bet, mean, rstd, u, a, b, want_gz=True)
     D = lambda t: None if t is None else t.double()  # noqa: E731
     zd, gd, bd, md, rd = D(z), D(gam), D(bet), D(mean), D(rstd)
-    mask = M._relu_mask(zd, gd, bd, md, rd)
-    gy = M._unpool_masked_(mask.clone(), D(gp))
-    d_gy, d_z0, d_gam0 = M._norm_double_backward(D(u), D(a), D(b), gy, zd, gd, md, rd)
-    assert _close(gz, M._norm_backward(gy, zd, gd, md, rd)[0])
+    mask = B._relu_mask(zd, gd, bd, md, rd)
+    gy = B._unpool_masked_(mask.clone(), D(gp))
+    d_gy, d_z0, d_gam0 = B._norm_double_backward(D(u), D(a), D(b), gy, zd, gd, md, rd)
+    assert _close(gz, B._norm_backward(gy, zd, gd, md, rd)[0])
     assert _close(d_gp, F.avg_pool2d(d_gy * mask, 2)) and _close(d_z, d_z0)
     assert (d_gam is None) == (d_gam0 is None) and (d_gam is None or _close(d_gam, d_gam0))
     # and a wrong reference fails: the comparison can tell
@@ -101,8 +102,8 @@ def test_rat_bptt_meta_gradient_is_the_same_with_and_without_kernels(lib, monkey
 def test_first_block_input_gradient_is_skipped_when_the_inner_gradient_does_not_use_it(monkeypatch):
     """Unrolled steps take the inner gradient for the weights only: the first conv's input gradient is not computed."""
     seen = []
-    orig = M._conv_grads
-    monkeypatch.setattr(M, "_conv_grads", lambda gz, x, w, need_x, *a, **k: seen.append((w.shape[1], need_x))
+    orig = B._conv_grads
+    monkeypatch.setattr(B, "_conv_grads", lambda gz, x, w, need_x, *a, **k: seen.append((w.shape[1], need_x))
                         or orig(gz, x, w, need_x, *a, **k))
     net = M.make_model("convnet", channels=3, num_classes=2, im_size=(8, 8), width=4, depth=2).double()
     src = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
@@ -153,7 +154,7 @@ def test_applies_only_to_float32_channels_last_cpu_tensors_with_even_sides():
 
 def test_cpu_kernels_config_is_validated_and_not_hashed():
     from podd_lib.config import resolve_config
-    from podd_lib.distill import model_for
+    from podd_lib.run import model_for
     from podd_lib.errors import PoddError
     from podd_lib.experiments import config_key
 

@@ -99,7 +99,7 @@ def test_instance_norm_second_derivatives_are_exact():
     assert torch.autograd.gradgradcheck(f, (x, w))
 
 
-# ----------------------------------------------------------------------------- fast instance norm (issue #6)
+# ----------------------------------------------------------------------------- fast instance norm (podd_lib.fast.block)
 
 
 def _norm_inputs(seed=0):
@@ -111,7 +111,7 @@ def _norm_inputs(seed=0):
 
 
 def test_instance_norm_function_passes_gradcheck_and_gradgradcheck():
-    from podd_lib.models import _InstanceNormFn
+    from podd_lib.fast.block import _InstanceNormFn
 
     x, w, b = _norm_inputs()
     f = lambda x, w, b: _InstanceNormFn.apply(x, w, b, 1e-5)  # noqa: E731
@@ -121,7 +121,7 @@ def test_instance_norm_function_passes_gradcheck_and_gradgradcheck():
 
 def test_instance_norm_double_backward_equals_group_norm():
     """The hand-written double backward gives group_norm's second derivatives (float64, 1e-9)."""
-    from podd_lib.models import _InstanceNormFn
+    from podd_lib.fast.block import _InstanceNormFn
 
     def second(fn):
         x, w, b = _norm_inputs()
@@ -149,7 +149,7 @@ def test_instance_norm_module_uses_group_norm_under_vmap():
 
 def test_instance_norm_channels_last_path_matches_group_norm():
     """Non-contiguous (channels-last) inputs take the hand-written first-order path too."""
-    from podd_lib.models import _InstanceNormFn
+    from podd_lib.fast.block import _InstanceNormFn
 
     x, w, b = _norm_inputs(3)
     xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
@@ -164,7 +164,7 @@ def test_instance_norm_channels_last_path_matches_group_norm():
         assert torch.allclose(a, r, atol=1e-10)
 
 
-# ----------------------------------------------------------------------------- a ConvNet block as one op (issue #6)
+# ----------------------------------------------------------------------------- a ConvNet block as one op (podd_lib.fast.block)
 
 
 def _block_inputs(fmt, seed=0):
@@ -181,7 +181,7 @@ def _block_ref(x, W, cb, gamma, beta):
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_conv_block_passes_gradcheck_and_gradgradcheck(fmt):
-    from podd_lib.models import _ConvBlockFn
+    from podd_lib.fast.block import _ConvBlockFn
 
     f = lambda *a: _ConvBlockFn.apply(*a, 1e-5)[0]  # noqa: E731
     args = _block_inputs(fmt)
@@ -199,7 +199,7 @@ def test_conv_block_passes_gradcheck_and_gradgradcheck(fmt):
 
 def test_conv_block_second_derivatives_equal_autograd_of_the_layers():
     """The outer meta-gradient path: d/d(x, W, gamma) of a function of the first-order gradients."""
-    from podd_lib.models import _ConvBlockFn
+    from podd_lib.fast.block import _ConvBlockFn
 
     def second(fn):
         x, W, cb, gamma, beta = _block_inputs(torch.channels_last, 4)
@@ -218,17 +218,17 @@ def test_conv_block_second_derivatives_equal_autograd_of_the_layers():
 
 
 def test_convnet_uses_the_fused_block_and_matches_the_layers(monkeypatch):
-    import podd_lib.models as models
+    import podd_lib.fast.block as block
 
     torch.manual_seed(0)
     net = ConvNet(3, 10, width=8, depth=2, im_size=(8, 8)).double()
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     calls = []
-    real_apply = models._ConvBlockFn.apply
-    monkeypatch.setattr(models._ConvBlockFn, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    real_apply = block._ConvBlockFn.apply
+    monkeypatch.setattr(block._ConvBlockFn, "apply", lambda *a: calls.append(1) or real_apply(*a))
     out = net(x)
     assert len(calls) == 2
-    monkeypatch.setattr(models, "_under_functorch", lambda t: True)  # the plain layers
+    monkeypatch.setattr(block, "_under_functorch", lambda t: True)  # the plain layers
     assert torch.allclose(out, net(x), atol=1e-12)
     assert len(calls) == 2
 
@@ -242,14 +242,14 @@ def test_convnet_odd_feature_maps_take_the_plain_layers():
 
 
 def test_fused_blocks_switch_from_the_config(monkeypatch):
-    import podd_lib.models as models
+    import podd_lib.fast.block as block
     from podd_lib.config import resolve_config
-    from podd_lib.distill import model_for
+    from podd_lib.run import model_for
     from podd_lib.errors import PoddError
 
     calls = []
-    real_apply = models._ConvBlockFn.apply
-    monkeypatch.setattr(models._ConvBlockFn, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    real_apply = block._ConvBlockFn.apply
+    monkeypatch.setattr(block._ConvBlockFn, "apply", lambda *a: calls.append(1) or real_apply(*a))
     x = torch.randn(2, 3, 32, 32)
     on = model_for(resolve_config("cifar10", 1.0, "smoke"), 3)
     off = model_for(resolve_config("cifar10", 1.0, "smoke", {"fused_blocks": False}), 3)
@@ -263,7 +263,7 @@ def test_fused_blocks_switch_from_the_config(monkeypatch):
 
 def test_fused_norm_kernel_only_where_pytorch_accepts_the_layout():
     """CUDA's native_group_norm rejects channels-last input; only the CPU gets it in that layout."""
-    from podd_lib.models import _native_norm_ok
+    from podd_lib.fast.block import _native_norm_ok
 
     cl = torch.channels_last
     assert _native_norm_ok(torch.empty(2, 4, 6, 6)) and _native_norm_ok(torch.empty(2, 4, 6, 6, memory_format=cl))

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from podd_lib import poco
+from podd_lib import clip, poco
 from podd_lib.errors import PoddError
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -258,7 +258,7 @@ def test_resolve_order_errors():
 @pytest.fixture(scope="module")
 def random_clip():
     """A randomly initialised ViT-B-32 (init_seed 0), created once for this module."""
-    return poco.load_clip("ViT-B-32", pretrained=None, init_seed=0)
+    return clip.load_clip("ViT-B-32", pretrained=None, init_seed=0)
 
 
 def test_weights_unavailable_fails_fast_with_one_line(tmp_path, monkeypatch):
@@ -266,7 +266,7 @@ def test_weights_unavailable_fails_fast_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
     with pytest.raises(PoddError) as info:
-        poco.clip_text_embeddings(CIFAR10, pretrained="openai", cache_dir=tmp_path / "emb",
+        clip.clip_text_embeddings(CIFAR10, pretrained="openai", cache_dir=tmp_path / "emb",
                                   weights_dir=str(tmp_path / "weights"))
     assert time.monotonic() - start < 15
     msg = str(info.value)
@@ -278,12 +278,12 @@ def test_weights_unavailable_fails_fast_with_one_line(tmp_path, monkeypatch):
 def test_weights_unavailable_when_hub_unreachable(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("PODD_OFFLINE", raising=False)
-    monkeypatch.setattr(poco, "_hub_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(clip, "_hub_reachable", lambda host, timeout=3.0: False)
     with pytest.raises(PoddError, match=r"^CLIP weights could not be loaded .*cannot be reached; "
                                         r"use --order paper\|identity\|random:SEED\|file:PATH instead$"):
-        poco.load_clip("ViT-B-32", "openai", weights_dir=str(tmp_path))
+        clip.load_clip("ViT-B-32", "openai", weights_dir=str(tmp_path))
     with pytest.raises(PoddError, match="not a known open_clip tag"):
-        poco.load_clip("ViT-B-32", "no-such-tag", weights_dir=str(tmp_path))
+        clip.load_clip("ViT-B-32", "no-such-tag", weights_dir=str(tmp_path))
 
 
 @pytest.fixture
@@ -295,38 +295,38 @@ def reuse_random_clip(monkeypatch, random_clip):
         calls.append((model_name, pretrained, init_seed))
         return random_clip
 
-    monkeypatch.setattr(poco, "load_clip", fake_load)
+    monkeypatch.setattr(clip, "load_clip", fake_load)
     return calls
 
 
 def test_random_init_is_seeded_and_independent_of_global_rng(random_clip):
     torch.manual_seed(1234)
-    again = poco.load_clip("ViT-B-32", pretrained=None, init_seed=0)
+    again = clip.load_clip("ViT-B-32", pretrained=None, init_seed=0)
     for a, b in zip(random_clip.parameters(), again.parameters()):
         assert torch.equal(a, b)
 
 
 def test_clip_embeddings_shapes_and_disk_cache(tmp_path, random_clip, reuse_random_clip):
     cache = tmp_path / "cache"
-    pooled = poco.clip_text_embeddings(CIFAR10, "pooled", pretrained=None, cache_dir=cache)
-    hidden = poco.clip_text_embeddings(CIFAR10, "hidden", pretrained=None, cache_dir=cache)
+    pooled = clip.clip_text_embeddings(CIFAR10, "pooled", pretrained=None, cache_dir=cache)
+    hidden = clip.clip_text_embeddings(CIFAR10, "hidden", pretrained=None, cache_dir=cache)
     assert reuse_random_clip == [("ViT-B-32", None, 0)] * 2
     assert pooled.shape == (10, 512) and hidden.shape == (10, 77 * 512)
     assert pooled.dtype == hidden.dtype == torch.float32
     # the hidden state at each name's end-of-text token, projected, is the pooled embedding
-    tokens = poco.tokenize_classes(CIFAR10)
+    tokens = clip.tokenize_classes(CIFAR10)
     at_eot = hidden.view(10, 77, 512)[torch.arange(10), tokens.argmax(dim=-1)]
     with torch.no_grad():
         assert torch.allclose(at_eot @ random_clip.text_projection, pooled, atol=1e-5)
     assert len(list(cache.glob("*.pt"))) == 2
     # second calls read the disk: load_clip is not called again
-    assert torch.equal(poco.clip_text_embeddings(CIFAR10, "pooled", pretrained=None, cache_dir=cache), pooled)
-    assert torch.equal(poco.clip_text_embeddings(CIFAR10, "hidden", pretrained=None, cache_dir=cache), hidden)
+    assert torch.equal(clip.clip_text_embeddings(CIFAR10, "pooled", pretrained=None, cache_dir=cache), pooled)
+    assert torch.equal(clip.clip_text_embeddings(CIFAR10, "hidden", pretrained=None, cache_dir=cache), hidden)
     assert len(reuse_random_clip) == 2
     # other classes or another init seed are other cache keys
-    for key in (poco.embedding_cache_path(CIFAR10[::-1], "pooled", "ViT-B-32", None, cache),
-                poco.embedding_cache_path(CIFAR10, "pooled", "ViT-B-32", None, cache, init_seed=1),
-                poco.embedding_cache_path(CIFAR10, "pooled", "ViT-B-32", "openai", cache)):
+    for key in (clip.embedding_cache_path(CIFAR10[::-1], "pooled", "ViT-B-32", None, cache),
+                clip.embedding_cache_path(CIFAR10, "pooled", "ViT-B-32", None, cache, init_seed=1),
+                clip.embedding_cache_path(CIFAR10, "pooled", "ViT-B-32", "openai", cache)):
         assert not key.exists()
 
 
@@ -337,17 +337,17 @@ def test_resolve_order_poco_with_random_clip(tmp_path, reuse_random_clip):
 
 
 def test_hidden_states_reproduce_encode_text(random_clip):
-    tokens = poco.tokenize_classes(["aquarium_fish", "pickup truck", "cat"])
-    hidden = poco.final_hidden_states(random_clip, tokens)
+    tokens = clip.tokenize_classes(["aquarium_fish", "pickup truck", "cat"])
+    hidden = clip.final_hidden_states(random_clip, tokens)
     pooled = hidden[torch.arange(3), tokens.argmax(dim=-1)] @ random_clip.text_projection
     with torch.no_grad():
         assert torch.allclose(pooled, random_clip.encode_text(tokens), atol=1e-5)
 
 
 def test_tokens_use_spaces_and_eot_padding():
-    plain = poco.tokenize_classes(["aquarium_fish"])
-    assert torch.equal(plain, poco.tokenize_classes(["aquarium fish"]))
-    padded = poco.tokenize_classes(["aquarium_fish"], pad_with_eot=True)
+    plain = clip.tokenize_classes(["aquarium_fish"])
+    assert torch.equal(plain, clip.tokenize_classes(["aquarium fish"]))
+    padded = clip.tokenize_classes(["aquarium_fish"], pad_with_eot=True)
     eot = int(plain.max())
     n = int((plain != 0).sum())
     assert torch.equal(padded[0, :n], plain[0, :n]) and torch.all(padded[0, n:] == eot)
@@ -362,7 +362,7 @@ def test_cached_openai_weights_load_offline_with_quickgelu(tmp_path, monkeypatch
     snap.mkdir(parents=True)
     torch.save(random_clip.state_dict(), snap / "open_clip_pytorch_model.bin")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = poco.load_clip("ViT-B-32", "openai", weights_dir=str(tmp_path / "hub"))
+    model = clip.load_clip("ViT-B-32", "openai", weights_dir=str(tmp_path / "hub"))
     act = model.transformer.resblocks[0].mlp.gelu
     assert type(act).__name__ == "QuickGELU"
     assert torch.equal(model.token_embedding.weight, random_clip.token_embedding.weight)

@@ -9,14 +9,8 @@ from podd_lib.models import make_model
 from podd_lib.optim import adam_init, adam_step
 from podd_lib.poddl import PosterLabels
 from podd_lib.poster import make_geometry
-from podd_lib.ratbptt import (
-    RatBpttSettings,
-    clip_by_ema,
-    inner_steps,
-    make_outer_state,
-    outer_step,
-    soft_cross_entropy,
-)
+from podd_lib.algorithms.base import clip_by_ema, make_outer_state, soft_cross_entropy
+from podd_lib.algorithms.ratbptt import RatBpttSettings, inner_steps, outer_step
 
 
 def tiny_net(dtype=torch.float32, norm="instance"):
@@ -85,10 +79,10 @@ def test_meta_gradient_matches_finite_differences():
 def test_clip_by_ema():
     s = RatBpttSettings(window=1, totwindow=2)
     g = torch.full((4,), 1.0)  # norm 2
-    norm, ema = clip_by_ema(g, None, s)  # first value = first norm: no clipping
+    norm, ema = clip_by_ema(g, None, s.clip_ema, s.clip_factor)  # first value = first norm: no clipping
     assert norm == 2.0 and ema == pytest.approx(2.0) and torch.equal(g, torch.full((4,), 1.0))
     g = torch.full((4,), 5.0)  # norm 10 > 2 * 2
-    norm, ema = clip_by_ema(g, 2.0, s)
+    norm, ema = clip_by_ema(g, 2.0, s.clip_ema, s.clip_factor)
     assert norm == 10.0 and float(g.norm()) == pytest.approx(4.0) and ema == pytest.approx(0.9 * 2 + 0.1 * 10)
 
 
@@ -98,7 +92,7 @@ def test_outer_step_updates_poster_and_keeps_labels_nonnegative():
     s = RatBpttSettings(window=2, totwindow=4, bs_d=3, bs=8, lr=0.1)
     net = tiny_net()
     gen = torch.Generator().manual_seed(0)
-    st = make_outer_state(torch.randn(1, 8, 16), labels.Y, s, gen)
+    st = make_outer_state(torch.randn(1, 8, 16), labels.Y, s.lr, gen)
     before = st.poster.detach().clone()
     x = torch.randn(20, 1, 8, 8)
     y = torch.randint(0, 2, (20,))
@@ -121,17 +115,17 @@ def test_soft_cross_entropy_equals_hard_on_one_hot():
                           torch.nn.functional.cross_entropy(logits, y))
 
 
-# ----------------------------------------------------------------------------- issue #6: same maths, faster
+# ----------------------------------------------------------------------------- the fast path: same maths, faster
 
 
 def _one_outer_grad(real_chunk=0, norm="instance", force_group_norm=False, monkeypatch=None, channels_last=False):
-    from podd_lib.algorithm import RealSampler, SyntheticSet
-    from podd_lib.ratbptt import RatBptt
+    from podd_lib.algorithms.base import RealSampler, SyntheticSet
+    from podd_lib.algorithms.ratbptt import RatBptt
 
     if force_group_norm:
-        import podd_lib.models as models
+        import podd_lib.fast.block as block
 
-        monkeypatch.setattr(models, "_under_functorch", lambda x: True)
+        monkeypatch.setattr(block, "_under_functorch", lambda x: True)
     geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
     labels = PosterLabels([[0, 1]], geom, learned=True)
     s = RatBpttSettings(window=2, totwindow=3, bs_d=3, bs=24, inner_lr=0.01, real_chunk=real_chunk,
@@ -171,12 +165,12 @@ def test_channels_last_gives_the_same_meta_gradient():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_block_gives_the_same_poster_after_three_outer_steps(monkeypatch, channels_last):
-    """Issue #6: the fused ConvNet block and channels-last change kernels, not results (float64)."""
-    import podd_lib.models as models
+    """The fused ConvNet block and channels-last change kernels, not results (float64)."""
+    import podd_lib.fast.block as block
 
     def posters(plain_layers):
         if plain_layers:
-            monkeypatch.setattr(models, "_under_functorch", lambda t: True)
+            monkeypatch.setattr(block, "_under_functorch", lambda t: True)
         geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
         labels = PosterLabels([[0, 1]], geom, learned=True)
         s = RatBpttSettings(window=2, totwindow=4, bs_d=3, bs=16, inner_lr=0.01, real_chunk=5,
@@ -184,7 +178,7 @@ def test_fused_block_gives_the_same_poster_after_three_outer_steps(monkeypatch, 
         torch.manual_seed(0)
         net = make_model("convnet", channels=1, num_classes=2, im_size=(8, 8), width=4, depth=2).double()
         poster = torch.randn(1, 8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        st = make_outer_state(poster, labels.Y.double(), s, torch.Generator().manual_seed(3))
+        st = make_outer_state(poster, labels.Y.double(), s.lr, torch.Generator().manual_seed(3))
         g = torch.Generator().manual_seed(2)
         x, y = torch.randn(40, 1, 8, 8, dtype=torch.float64, generator=g), torch.randint(0, 2, (40,), generator=g)
         for _ in range(3):
@@ -200,8 +194,8 @@ def test_fused_block_gives_the_same_poster_after_three_outer_steps(monkeypatch, 
 
 def small_meta_grad(net: torch.nn.Module, channels: int) -> torch.Tensor:
     """The flat meta-gradient (poster, then Y) of one float32 channels-last RaT-BPTT step on a 2-class 8x8 poster."""
-    from podd_lib.algorithm import RealSampler, SyntheticSet
-    from podd_lib.ratbptt import RatBptt
+    from podd_lib.algorithms.base import RealSampler, SyntheticSet
+    from podd_lib.algorithms.ratbptt import RatBptt
 
     geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
     labels = PosterLabels([[0, 1]], geom, learned=True)
@@ -231,7 +225,7 @@ def test_bfloat16_convolutions_keep_the_meta_gradient_close():
 
 def test_conv_dtype_config():
     from podd_lib.config import resolve_config
-    from podd_lib.distill import model_for
+    from podd_lib.run import model_for
     from podd_lib.experiments import config_key
 
     cfg = resolve_config("cifar10", 1.0, "smoke", {"conv_dtype": "bfloat16"})

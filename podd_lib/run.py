@@ -1,7 +1,9 @@
-"""Algorithm 1 of the paper: PoDD, the outer loop around RaT-BPTT, with checkpoints and resume.
+"""Run Algorithm 1 of the paper from a config: build its parts, loop with checkpoints and resume, write the run.
 
     P ~ N(0, 1); O <- PoCO(C); Y <- PoDDL(O, p)
-    for each distillation step: P, Y <- RaT-BPTT(D, patches and labels of (P, Y))
+    for each distillation step: P, Y <- ALGORITHM(D, patches and labels of (P, Y))
+
+The config names the algorithm (`podd_lib.algorithms.REGISTRY`; PoDD's is RaT-BPTT).
 
 A run folder holds config.json (fully resolved), checkpoint.pt (poster, Y, both optimiser
 states, EMA, RNG state, step, metrics), and at the end poster.pt, labels.pt, poster.png and
@@ -23,11 +25,13 @@ import torch
 from .config import derive
 from .errors import PoddError
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
-from .models import make_model
-from .algorithm import OuterSettings, RealSampler, outer_step
+from .algorithms import REGISTRY
+from .algorithms.base import OuterSettings, OuterState, RealSampler, make_outer_state, outer_step, reinit_params
+from .algorithms.ratbptt import RatBpttSettings
+from .fast import resolve_backend
+from .models import make_model, set_backend
 from .poddl import PosterLabels
 from .poster import PosterGeometry, init_from_images, init_poster, make_geometry
-from .ratbptt import OuterState, RatBptt, RatBpttSettings, make_outer_state, reinit_params
 
 METRIC_FIELDS = ("step", "loss", "grad_norm", "curriculum", "seconds")
 
@@ -44,6 +48,15 @@ def geometry_from_config(cfg: dict) -> PosterGeometry:
     return make_geometry(
         cfg["ipc"], cfg["n_classes"], tuple(cfg["image_size"]), tuple(cfg["class_grid"]), tuple(cfg["patch_grid"]), size
     )
+
+
+def apply_backend(cfg: dict, device: str | torch.device = "cpu") -> dict:
+    """The config with its speed backend resolved for device; "reference" turns the fast path's keys off."""
+    backend = resolve_backend(cfg.get("backend", "auto"), str(device), cfg.get("conv_dtype", "float32"))
+    cfg = {**cfg, "backend": backend}
+    if backend == "reference":
+        cfg.update(fused_blocks=False, channels_last=False, cpu_kernels=False)
+    return cfg
 
 
 def settings_from_config(cfg: dict) -> RatBpttSettings:
@@ -81,7 +94,9 @@ def model_for(cfg: dict, channels: int, device: str | torch.device = "cpu") -> t
         norm=cfg["norm"],
         pool=cfg["pool"],
     ).to(device)
-    if hasattr(model, "fused_blocks"):
+    cfg = apply_backend(cfg, device)
+    set_backend(model, cfg["backend"] == "fast")
+    if hasattr(model, "fused_blocks") and cfg["backend"] == "fast":
         model.fused_blocks = bool(cfg.get("fused_blocks", True))
         model.conv_dtype = CONV_DTYPES[cfg.get("conv_dtype", "float32")]
         model.cpu_kernels = bool(cfg.get("cpu_kernels", True))
@@ -110,51 +125,19 @@ def order_for(cfg: dict, classes: list[str], geom: PosterGeometry) -> list[list[
     return resolve_order(cfg["order"], list(classes), geom.o_y, geom.o_x, dataset=cfg["dataset"])
 
 
-def experts_root(cfg: dict) -> str:
-    """Where MTT's experts are cached: cfg experts_root, else $PODD_EXPERTS, else ./outputs/experts."""
-    return cfg.get("experts_root") or os.environ.get("PODD_EXPERTS") or "outputs/experts"
-
-
 def make_algorithm(cfg: dict, model: torch.nn.Module, s: RatBpttSettings, real=None, device: str = "cpu",
                    progress: bool = False):
     """The config's distillation algorithm (MTT loads or trains its experts from the real data)."""
-    name = cfg["algorithm"]
-    if name == "ratbptt":
-        return RatBptt(model, s)
-    if name == "dm":
-        from .dm import DistributionMatching, DMSettings
-
-        return DistributionMatching(model, DMSettings(cfg["real_per_class"], s.bs_d, s.syn_aug))
-    if name == "dc":
-        from .dc import DCSettings, GradientMatching
-
-        return GradientMatching(model, DCSettings(cfg["real_per_class"], s.bs_d, s.syn_aug))
-    if name == "mtt":
-        from .mtt import MTTSettings, TrajectoryMatching, experts_dir, load_or_train_experts
-
-        ms = MTTSettings(cfg["syn_steps"], cfg["expert_epochs"], cfg["max_start_epoch"], cfg["syn_lr"], cfg["lr_lr"],
-                         s.bs_d, s.syn_aug)
-        if real is None:
-            raise PoddError("MTT needs the real data to load or train its experts")
-        es = expert_settings(cfg)
-        folder = experts_dir(cfg, es, experts_root(cfg))
-        experts = load_or_train_experts(model, real.x_train.to(device), real.y_train.to(device), es, folder, progress)
-        return TrajectoryMatching(model, ms, experts)
-    raise PoddError(f"unknown algorithm {name!r}")
-
-
-def expert_settings(cfg: dict):
-    """MTT's expert-training settings from a config (T = max_start_epoch + expert_epochs epochs)."""
-    from .mtt import ExpertSettings
-
-    return ExpertSettings(cfg["n_experts"], cfg["max_start_epoch"] + cfg["expert_epochs"], cfg["lr_teacher"],
-                          cfg["expert_bs"], cfg["expert_aug"], int(cfg["seed"]))
+    build = REGISTRY.get(cfg["algorithm"])
+    if build is None:
+        raise PoddError(f"unknown algorithm {cfg['algorithm']!r}; choose one of {', '.join(REGISTRY)}")
+    return build(cfg, model, s, real, device, progress)
 
 
 def make_sampler(cfg: dict, x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int) -> RealSampler:
     """Random real batches, or DREAM's representatives; per-class sampling checks every class has images now."""
     if cfg["sampling"] == "dream":
-        from .dream import DreamSampler
+        from .algorithms.dream import DreamSampler
 
         sampler = DreamSampler(x_train, y_train, n_classes, cfg["dream_interval"], cfg["dream_pool"], cfg["dream_iters"])
     else:
@@ -167,6 +150,7 @@ def make_sampler(cfg: dict, x_train: torch.Tensor, y_train: torch.Tensor, n_clas
 def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str = "cpu", real=None,
                   progress: bool = False) -> Problem:
     """Assemble the fixed parts of a distillation."""
+    cfg = apply_backend(cfg, device)
     geom = geometry_from_config(cfg)
     if cfg.get("per_class_posters"):
         labels = PosterLabels.per_class(cfg["n_classes"], geom)
@@ -197,8 +181,8 @@ def initial_poster(cfg: dict, pb: Problem, channels: int, real=None) -> torch.Te
                      for ix in (torch.nonzero(y == c).flatten() for c in range(pb.geom.n_classes))]
             images = x[torch.tensor(picks)]
         else:  # DREAM: the image nearest each class's centre in a fresh network's features
-            from .algorithm import embed
-            from .dream import class_representatives
+            from .algorithms.base import embed
+            from .algorithms.dream import class_representatives
 
             dev = next(pb.model.parameters()).device
             params = {k: p.detach() for k, p in reinit_params(pb.model, gen).items()}
@@ -217,7 +201,7 @@ def initial_state(cfg: dict, pb: Problem, channels: int, device: str = "cpu", re
     poster = initial_poster(cfg, pb, channels, real)
     Y = pb.labels.Y.clone() if pb.labels.learned else None
     extras = pb.algo.extra_leaves() if pb.algo is not None else []
-    return make_outer_state(poster.to(device), None if Y is None else Y.to(device), pb.settings, gen, extras)
+    return make_outer_state(poster.to(device), None if Y is None else Y.to(device), pb.settings.lr, gen, extras)
 
 
 def checkpoint_dict(st: OuterState) -> dict:
@@ -290,6 +274,7 @@ def distill(
         import json
 
         _check_resumable(cfg, json.loads((out / "config.json").read_text()))
+    cfg = apply_backend(cfg, device)  # config.json records the backend that ran
     channels = real.x_train.shape[1]
     pb = build_problem(cfg, order, channels, device, real, progress)
     st = initial_state(cfg, pb, channels, device, real)

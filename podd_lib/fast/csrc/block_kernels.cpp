@@ -158,7 +158,7 @@ void podd_block_zgrad(const float* gp, const float* z, const float* gam, const f
 
 // The derivative of the block's elementwise backward (gp, z) -> (gz, g_gam, g_bet) for upstream gradients
 // u of gz (null: zero), a of g_gam and b of g_bet (per channel; null: zero). With the means
-// m_u, m_ux = mean(u x_hat), m_uy = mean(u gy), mean(gy), m_gyx (formulas of models._norm_double_backward):
+// m_u, m_ux = mean(u x_hat), m_uy = mean(u gy), mean(gy), m_gyx (formulas of podd_lib.fast.block._norm_double_backward):
 //   d_gy = (k0 - kx r mu) + kx r z + s u,          kx = a - s m_ux, k0 = b - s m_u
 //   d_z  = (c0 - cx r mu) + cx r z + r al2 gy + r al1 u,  al1 = -s m_gyx, al2 = a - s m_ux,
 //          cx = -r (al1 m_ux + al2 m_gyx) - g_r r^2 / M, c0 = -r (al1 m_u + al2 mean(gy)),

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call
 
-from .algorithm import ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, frozen_features
-from .dm import siamese_augment
-from .models import seed_from
-from .ratbptt import reinit_params
+from ..models import seed_from
+from .base import (ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, frozen_features, reinit_params,
+                   siamese_augment)
 
 
 def layer_distance(g_real: Tensor, g_syn: Tensor) -> Tensor:
@@ -73,3 +72,9 @@ class GradientMatching(ClassMatching):
             total = total + match_distance(g_real, list(g_syn))
         return total, {}
 
+
+
+def from_config(cfg: dict, model: nn.Module, s, real=None, device: str = "cpu",
+                progress: bool = False) -> GradientMatching:
+    """DC with the config's real images per class and the patch batch and augmentation of s."""
+    return GradientMatching(model, DCSettings(cfg["real_per_class"], s.bs_d, s.syn_aug))

@@ -3,7 +3,7 @@
 On the CPU, after the convolutions, most of an outer step's time went to chains of activation-sized
 PyTorch ops: each one a pass over memory, most of them into a freshly allocated (page-faulted)
 tensor. `csrc/block_kernels.cpp` does the same maths in one or two passes per image with OpenMP
-(formulas there and in `models._norm_double_backward`): the block's forward, the gradient at the
+(formulas there and in `podd_lib.fast.block._norm_double_backward`): the block's forward, the gradient at the
 conv output, and the double backward's elementwise part.
 
 The C++ file is compiled on first use with the system compiler (`c++`, or $CXX) into a cache

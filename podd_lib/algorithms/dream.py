@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .algorithm import Features, RealSampler
-from .errors import PoddError
+from ..errors import PoddError
+from .base import Features, RealSampler
 
 
 def kmeans_pp_init(x: Tensor, k: int, gen: torch.Generator) -> Tensor:

@@ -24,11 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .algorithm import RealSampler, SyntheticSet
-from .augment import augment
-from .errors import PoddError
-from .io import atomic_torch_save
-from .ratbptt import reinit_params, soft_cross_entropy
+from ..augment import augment
+from ..errors import PoddError
+from ..io import atomic_torch_save
+from .base import RealSampler, SyntheticSet, reinit_params, soft_cross_entropy
 
 
 def flatten_params(params: dict[str, Tensor]) -> Tensor:
@@ -183,3 +182,27 @@ class TrajectoryMatching:
             (g,) = torch.autograd.grad(loss, flat, create_graph=True)
             flat = flat - self.alpha * g
         return mtt_loss(flat, start, target), {"start_epoch": t, "expert": e, "syn_lr": float(self.alpha.detach())}
+
+
+def experts_root(cfg: dict) -> str:
+    """Where MTT's experts are cached: cfg experts_root, else $PODD_EXPERTS, else ./outputs/experts."""
+    return cfg.get("experts_root") or os.environ.get("PODD_EXPERTS") or "outputs/experts"
+
+
+def expert_settings(cfg: dict) -> ExpertSettings:
+    """MTT's expert-training settings from a config (T = max_start_epoch + expert_epochs epochs)."""
+    return ExpertSettings(cfg["n_experts"], cfg["max_start_epoch"] + cfg["expert_epochs"], cfg["lr_teacher"],
+                          cfg["expert_bs"], cfg["expert_aug"], int(cfg["seed"]))
+
+
+def from_config(cfg: dict, model: nn.Module, s, real=None, device: str = "cpu",
+                progress: bool = False) -> TrajectoryMatching:
+    """MTT with the config's settings; loads its experts, or trains them on the real data."""
+    ms = MTTSettings(cfg["syn_steps"], cfg["expert_epochs"], cfg["max_start_epoch"], cfg["syn_lr"], cfg["lr_lr"],
+                     s.bs_d, s.syn_aug)
+    if real is None:
+        raise PoddError("MTT needs the real data to load or train its experts")
+    es = expert_settings(cfg)
+    folder = experts_dir(cfg, es, experts_root(cfg))
+    experts = load_or_train_experts(model, real.x_train.to(device), real.y_train.to(device), es, folder, progress)
+    return TrajectoryMatching(model, ms, experts)

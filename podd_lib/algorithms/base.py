@@ -1,4 +1,4 @@
-"""Algorithm 1's input "distillation algorithm": what every algorithm sees, and the shared outer step.
+"""Algorithm 1's input "distillation algorithm": what every algorithm shares, and the outer step.
 
     P ~ N(0, 1); O <- PoCO(C); Y <- PoDDL(O, p)
     for each distillation step: P, Y <- ALGORITHM(D, patches and labels of (P, Y))
@@ -6,7 +6,7 @@
 An algorithm sees the synthetic set only as a `SyntheticSet`: p patches with soft labels, cut
 differentiably from a poster. The tiling is a poster whose patches do not overlap, so every
 algorithm runs on posters and on ordinary images alike. It sees the real data only through a
-`RealSampler` (random batches, or DREAM's representative ones, `podd_lib.dream`).
+`RealSampler` (random batches, or DREAM's representative ones, `podd_lib.algorithms.dream`).
 
 An algorithm is an object with
     name: str
@@ -21,18 +21,39 @@ PoDD's outer Adam makes the comparison one of objectives at equal outer steps (n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .errors import PoddError
-from .poddl import PosterLabels, clip_labels_
-from .poster import PosterGeometry, extract_patches, poster_count
+from ..augment import augment
+from ..errors import PoddError
+from ..models import seed_from
+from ..optim import Params
+from ..poddl import PosterLabels, clip_labels_
+from ..poster import PosterGeometry, extract_patches, poster_count
 
 Features = Callable[[Tensor], Tensor]
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy against probability-vector targets, averaged over the batch."""
+    return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def reinit_params(model: nn.Module, gen: torch.Generator) -> Params:
+    """A fresh random initialisation of `model`'s parameters, drawn reproducibly from gen."""
+    seed = seed_from(gen)
+    devices = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for m in model.modules():
+            if m is not model and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}
 
 
 @dataclass
@@ -132,6 +153,13 @@ def embed(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
     return functional_call(model, params, (x,), {"embed": True})
 
 
+def siamese_augment(x: Tensor, strategy: str, seed: int) -> Tensor:
+    """Augment with a generator seeded by `seed`, so real and synthetic batches share it (DSA)."""
+    g = torch.Generator(device=x.device)
+    g.manual_seed(seed)
+    return augment(x, strategy, g)
+
+
 def frozen_features(model: nn.Module, params: dict[str, Tensor]) -> Features:
     """x -> embed(model, params, x) without a graph: what DREAM clusters."""
     def features(x: Tensor) -> Tensor:
@@ -147,6 +175,38 @@ class OuterSettings:
 
     clip_ema: float = 0.9
     clip_factor: float = 2.0
+
+
+@dataclass
+class OuterState:
+    """What the outer loop carries between steps (and what a checkpoint saves)."""
+
+    poster: Tensor
+    Y: Tensor | None
+    opt: torch.optim.Adam
+    gen: torch.Generator
+    ema: float | None = None
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    extras: dict[str, Tensor] = field(default_factory=dict)  # an algorithm's own leaves (MTT's step size)
+
+
+def make_outer_state(
+    poster: Tensor, Y: Tensor | None, lr: float, gen: torch.Generator,
+    extra_leaves: list[tuple[str, Tensor, float]] = (),
+) -> OuterState:
+    """Wrap poster and Y as leaves and build the outer Adam (lr, betas 0.9/0.999, eps 1e-8, no decay).
+
+    extra_leaves: (name, tensor, lr) of an algorithm's own learnable tensors, each its own group.
+    """
+    poster = poster.detach().clone().requires_grad_(True)
+    leaves = [poster]
+    if Y is not None:
+        Y = Y.detach().clone().requires_grad_(True)
+        leaves.append(Y)
+    groups = [{"params": leaves, "lr": lr}] + [{"params": [t], "lr": t_lr} for _, t, t_lr in extra_leaves]
+    opt = torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    return OuterState(poster, Y, opt, gen, extras={name: t for name, t, _ in extra_leaves})
 
 
 def clip_by_ema(grad: Tensor, ema: float | None, clip_ema: float, clip_factor: float) -> tuple[float, float]:
@@ -166,7 +226,7 @@ def check_finite(loss: Tensor, step: int) -> None:
         raise FloatingPointError(f"non-finite loss {float(loss.detach())} at outer step {step}")
 
 
-def outer_grads(st, loss: Tensor) -> None:
+def outer_grads(st: OuterState, loss: Tensor) -> None:
     """Set .grad of the outer leaves (poster, Y, an algorithm's extras) to d loss / d leaf.
 
     Only those: loss.backward() would also fill the .grad of every other leaf in the graph (the
@@ -177,7 +237,7 @@ def outer_grads(st, loss: Tensor) -> None:
         p.grad = g
 
 
-def apply_outer_update(st, loss: Tensor, clip_ema: float, clip_factor: float) -> float:
+def apply_outer_update(st: OuterState, loss: Tensor, clip_ema: float, clip_factor: float) -> float:
     """Backpropagate loss into poster/Y/extras, clip the poster gradient, step Adam, clip Y; returns the norm."""
     st.opt.zero_grad(set_to_none=True)
     outer_grads(st, loss)
@@ -193,7 +253,7 @@ def apply_outer_update(st, loss: Tensor, clip_ema: float, clip_factor: float) ->
     return norm
 
 
-def outer_step(st, algo: Algorithm, labels: PosterLabels, geom: PosterGeometry, real: RealSampler,
+def outer_step(st: OuterState, algo: Algorithm, labels: PosterLabels, geom: PosterGeometry, real: RealSampler,
                outer: OuterSettings) -> dict:
     """One distillation step of any algorithm on the poster (and Y, and the algorithm's extras)."""
     syn = SyntheticSet(st.poster, st.Y, labels, geom)

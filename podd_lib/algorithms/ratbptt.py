@@ -17,23 +17,21 @@ functional Adam of `podd_lib.optim`, so no module is rebuilt and no `higher` is 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .algorithm import OuterSettings, PosterOnly, RealSampler, SyntheticSet, frozen_features
-from .algorithm import clip_by_ema as _clip_by_ema
-from .algorithm import outer_step as generic_outer_step
-from .augment import augment
-from .errors import PoddError
-from .optim import AdamState, Params, adam_init, adam_step, detach_state
-from .models import seed_from
-from .poddl import PosterLabels
-from .poster import PosterGeometry
+from ..augment import augment
+from ..errors import PoddError
+from ..optim import AdamState, Params, adam_init, adam_step, detach_state
+from ..poddl import PosterLabels
+from ..poster import PosterGeometry
+from .base import (OuterSettings, OuterState, PosterOnly, RealSampler, SyntheticSet, frozen_features, reinit_params,
+                   soft_cross_entropy)
+from .base import outer_step as generic_outer_step
 
 
 @dataclass(frozen=True)
@@ -66,29 +64,12 @@ class RatBpttSettings:
             raise PoddError(f"batch sizes must be positive, got bs_d={self.bs_d} bs={self.bs}")
 
 
-def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy against probability-vector targets, averaged over the batch."""
-    return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
-
-
 def sample_curriculum(s: RatBpttSettings, gen: torch.Generator) -> int:
     """c ~ U[minwindow, totwindow - window]: the plain steps before the unrolled window."""
     if s.fixed_curriculum is not None:
         return s.fixed_curriculum
     hi = s.totwindow - s.window
     return int(torch.randint(s.minwindow, hi + 1, (1,), generator=gen, device=gen.device).item())
-
-
-def reinit_params(model: nn.Module, gen: torch.Generator) -> Params:
-    """A fresh random initialisation of `model`'s parameters, drawn reproducibly from gen."""
-    seed = seed_from(gen)
-    devices = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for m in model.modules():
-            if m is not model and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-    return {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}
 
 
 def patch_batch(
@@ -126,43 +107,6 @@ def inner_steps(
             params = {k: p.detach().requires_grad_(True) for k, p in params.items()}
             state = detach_state(state)
     return params, state
-
-
-@dataclass
-class OuterState:
-    """What the outer loop carries between steps (and what a checkpoint saves)."""
-
-    poster: Tensor
-    Y: Tensor | None
-    opt: torch.optim.Adam
-    gen: torch.Generator
-    ema: float | None = None
-    step: int = 0
-    history: list[dict] = field(default_factory=list)
-    extras: dict[str, Tensor] = field(default_factory=dict)  # an algorithm's own leaves (MTT's step size)
-
-
-def make_outer_state(
-    poster: Tensor, Y: Tensor | None, s: RatBpttSettings, gen: torch.Generator,
-    extra_leaves: list[tuple[str, Tensor, float]] = (),
-) -> OuterState:
-    """Wrap poster and Y as leaves and build the outer Adam (betas 0.9/0.999, eps 1e-8, no decay).
-
-    extra_leaves: (name, tensor, lr) of an algorithm's own learnable tensors, each its own group.
-    """
-    poster = poster.detach().clone().requires_grad_(True)
-    leaves = [poster]
-    if Y is not None:
-        Y = Y.detach().clone().requires_grad_(True)
-        leaves.append(Y)
-    groups = [{"params": leaves, "lr": s.lr}] + [{"params": [t], "lr": lr} for _, t, lr in extra_leaves]
-    opt = torch.optim.Adam(groups, lr=s.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    return OuterState(poster, Y, opt, gen, extras={name: t for name, t, _ in extra_leaves})
-
-
-def clip_by_ema(grad: Tensor, ema: float | None, s: RatBpttSettings) -> tuple[float, float]:
-    """Clip grad in place to clip_factor x EMA of past norms; return (norm before clipping, new EMA)."""
-    return _clip_by_ema(grad, ema, s.clip_ema, s.clip_factor)
 
 
 def real_loss_grad_chunked(model: nn.Module, params: Params, x: Tensor, y: Tensor, chunk: int
@@ -228,3 +172,9 @@ def outer_step(
     real = RealSampler(x_train, y_train, geom.n_classes)
     outer = OuterSettings(clip_ema=s.clip_ema, clip_factor=s.clip_factor)
     return generic_outer_step(st, RatBptt(model, s), labels, geom, real, outer)
+
+
+def from_config(cfg: dict, model: nn.Module, s: RatBpttSettings, real=None, device: str = "cpu",
+                progress: bool = False) -> RatBptt:
+    """RaT-BPTT with the config's settings (already read into s)."""
+    return RatBptt(model, s)

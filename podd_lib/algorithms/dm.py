@@ -15,12 +15,11 @@ With one-hot labels this is DM exactly. Real and synthetic images share the augm
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .algorithm import ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, embed, frozen_features
-from .augment import augment
-from .models import seed_from
-from .ratbptt import reinit_params
+from ..models import seed_from
+from .base import (ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, embed, frozen_features,
+                   reinit_params, siamese_augment)
 
 
 def weighted_class_means(emb: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -35,13 +34,6 @@ def dm_loss(real_means: Tensor, emb_syn: Tensor, weights: Tensor) -> Tensor:
     syn_means, mass = weighted_class_means(emb_syn, weights)
     present = mass > 1e-8
     return ((real_means[present] - syn_means[present]) ** 2).sum()
-
-
-def siamese_augment(x: Tensor, strategy: str, seed: int) -> Tensor:
-    """Augment with a generator seeded by `seed`, so real and synthetic batches share it (DSA)."""
-    g = torch.Generator(device=x.device)
-    g.manual_seed(seed)
-    return augment(x, strategy, g)
 
 
 DMSettings = ClassMatchSettings
@@ -65,3 +57,9 @@ class DistributionMatching(ClassMatching):
                 xr = real.class_batch(c, self.s.real_per_class, gen, features, step)
                 means.append(embed(self.model, params, siamese_augment(xr, self.s.aug, seed)).mean(0))
         return dm_loss(torch.stack(means), emb_syn, y), {}
+
+
+def from_config(cfg: dict, model: nn.Module, s, real=None, device: str = "cpu",
+                progress: bool = False) -> DistributionMatching:
+    """DM with the config's real images per class and the patch batch and augmentation of s."""
+    return DistributionMatching(model, DMSettings(cfg["real_per_class"], s.bs_d, s.syn_aug))
