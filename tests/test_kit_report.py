@@ -231,3 +231,28 @@ def test_patch_label_grid_is_x_major():
     assert np.all(top == 1.0)
     with pytest.raises(PoddError):
         plots.patch_label_grid(y, 2, 2)
+
+
+def test_report_sections_run_in_order_and_a_new_one_fits_after_the_header(tmp_path):
+    report.save_results(tmp_path, "02_table1_less_than_one_ipc", [{"a": 1}], "smoke", title="Table 1")
+
+    def claims(out_dir, results):
+        return ["## Claims", "", f"{len(results)} results file(s) read from {out_dir.name}.", ""]
+
+    md = report.build_report(tmp_path, sections=(report.header_section, claims, report.notebook_sections))
+    assert md.index("Smoke numbers mean nothing") < md.index("## Claims") < md.index("## Table 1")
+    assert "1 results file(s)" in md and "<h2>Claims</h2>" in (tmp_path / "report.html").read_text()
+    assert report.SECTIONS == (report.header_section, report.notebook_sections)
+
+
+def test_stack_soft_hard_and_fmt_acc():
+    a = tables.table2_frame({"podd": run(1.0, 55.0)}, "cifar10")
+    b = tables.table2_frame({"podd": run(1.0, 35.0, dataset="cifar100")}, "cifar100")
+    both = tables.stack({"cifar10": a, "cifar100": b})
+    assert list(both.columns) == ["dataset", *a.columns] and len(both) == len(a) + len(b)
+    assert list(both[both["method"] == "PoDD (poster, 1 IPC)"]["dataset"]) == ["cifar10", "cifar100"]
+    df = tables.soft_hard_frame([run(1.0, 60.0, 0.5)], "cifar10", 1.0).set_index("method")
+    assert df.loc["PoDD, soft labels", "ours_mean"] == 60.0 and df.loc["PoDD, soft labels", "paper_mean"] == 59.1
+    assert df.loc["PoDD, hard labels (argmax)", "ours_mean"] == 59.0
+    assert pd.isna(df.loc["PoDD, hard labels (argmax)", "paper_mean"])
+    assert tables.fmt_acc(run(1.0, 24.91, 0.44)) == "24.9 \u00b1 0.4" and tables.fmt_acc(None) == tables.DASH

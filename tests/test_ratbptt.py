@@ -121,7 +121,7 @@ def test_soft_cross_entropy_equals_hard_on_one_hot():
                           torch.nn.functional.cross_entropy(logits, y))
 
 
-# ----------------------------------------------------------------------------- issue #6: same maths, faster
+# ----------------------------------------------------------------------------- same maths, faster
 
 
 def _one_outer_grad(real_chunk=0, norm="instance", force_group_norm=False, monkeypatch=None, channels_last=False):
@@ -171,7 +171,7 @@ def test_channels_last_gives_the_same_meta_gradient():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_block_gives_the_same_poster_after_three_outer_steps(monkeypatch, channels_last):
-    """Issue #6: the fused ConvNet block and channels-last change kernels, not results (float64)."""
+    """The fused ConvNet block and channels-last change kernels, not results (float64)."""
     import podd_lib.models as models
 
     def posters(plain_layers):
