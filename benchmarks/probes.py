@@ -75,14 +75,14 @@ def command(name: str) -> str:
 
 def tiling() -> dict:
     """The 5x2 tiling of the 1-IPC poster: one non-overlapping patch per class area."""
-    from podd_lib.report import tiling_overrides
+    from podd_lib.config import tiling_overrides
 
     return tiling_overrides("cifar10", "quick")
 
 
 def run_probe(name: str, device: str) -> list[dict]:
     """Distil and evaluate a probe's poster/tiling pairs; append and return its rows."""
-    from podd_lib.experiments import distill_and_evaluate
+    from podd_lib.kit.experiments import distill_and_evaluate
 
     over, seeds = PROBES[name]
     done = {(r["probe"], r["representation"], r["seed"]) for r in read_rows() if "probe" in r}
@@ -112,8 +112,8 @@ def measure_costs(steps: int, device: str) -> list[dict]:
     import torch
 
     from podd_lib.config import resolve_config
-    from podd_lib.distill import adapt_config_to_data, distill, geometry_from_config, order_for
-    from podd_lib.experiments import load_real
+    from podd_lib.run import adapt_config_to_data, distill, geometry_from_config, order_for
+    from podd_lib.kit.experiments import load_real
 
     out = []
     for label, over in COSTS.items():

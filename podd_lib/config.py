@@ -199,3 +199,17 @@ def parse_grid(text: str | list) -> list[int]:
     except ValueError:
         raise PoddError(f"grid must look like 16x6 (x by y), got {text!r}") from None
     return [px, py]
+
+
+def tiling_overrides(dataset: str, profile: str = "paper") -> dict:
+    """Config overrides for the RaT-BPTT baseline at 1 IPC: one patch per class area, tiling the poster.
+
+    The patch grid equals the class grid and the poster is exactly o_y*h by o_x*w pixels (CIFAR-10:
+    5x2 patches on a 64x160 poster), so the patches do not overlap: 1 image per class, as in RaT-BPTT.
+    """
+    cfg = resolve_config(dataset, 1.0, profile)
+    if not isinstance(cfg["class_grid"], list):
+        raise PoddError(f"the class grid of {dataset} is only known from its data")
+    o_x, o_y = cfg["class_grid"]
+    h, w = cfg["image_size"]
+    return {"patch_grid": [o_x, o_y], "poster_size": [o_y * h, o_x * w]}

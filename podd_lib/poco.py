@@ -282,3 +282,21 @@ def resolve_order(spec: str, classes: Sequence[str], o_y: int, o_x: int, dataset
     if spec.startswith("file:") and spec[len("file:"):]:
         return file_order(spec[len("file:"):], classes, o_y, o_x)
     raise PoddError(f"unknown class order {spec!r}; use one of {ORDER_SPECS}")
+
+
+def class_mean_distances(real: Any) -> Any:
+    """Cosine distances (n, n) between the class means of real.x_train (in its preprocessed, e.g. ZCA, space).
+
+    A stand-in for the CLIP text distances of PoCO when CLIP weights are not available: it measures
+    how alike the classes look in the training images, not how alike their names are.
+    """
+    import torch
+
+    x = torch.as_tensor(real.x_train).double().flatten(1)
+    y = torch.as_tensor(real.y_train).long()
+    n = len(real.classes) if hasattr(real, "classes") else int(y.max()) + 1
+    sums = torch.zeros(n, x.shape[1], dtype=torch.float64).index_add_(0, y, x)
+    counts = torch.bincount(y, minlength=n).double()
+    if (counts == 0).any():
+        raise PoddError(f"class {int(torch.nonzero(counts == 0)[0])} has no training images")
+    return cosine_distances(sums / counts[:, None])

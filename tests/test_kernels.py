@@ -156,7 +156,7 @@ def test_cpu_kernels_config_is_validated_and_not_hashed():
     from podd_lib.config import resolve_config
     from podd_lib.run import model_for
     from podd_lib.errors import PoddError
-    from podd_lib.experiments import config_key
+    from podd_lib.kit.experiments import config_key
 
     on = resolve_config("cifar10", 1.0, "paper", {})
     off = resolve_config("cifar10", 1.0, "paper", {"cpu_kernels": False})

@@ -13,7 +13,7 @@ import podd_lib
 from podd_lib.algorithms import REGISTRY
 from podd_lib.config import ALGORITHMS, resolve_config
 from podd_lib.errors import PoddError
-from podd_lib.experiments import config_key
+from podd_lib.kit.experiments import config_key
 from podd_lib.fast import resolve_backend
 from podd_lib.models import InstanceNorm
 from podd_lib.run import apply_backend, build_problem, distill, model_for

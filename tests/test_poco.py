@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -366,3 +367,15 @@ def test_cached_openai_weights_load_offline_with_quickgelu(tmp_path, monkeypatch
     act = model.transformer.resblocks[0].mlp.gelu
     assert type(act).__name__ == "QuickGELU"
     assert torch.equal(model.token_embedding.weight, random_clip.token_embedding.weight)
+
+
+def test_class_mean_distances():
+    class Real:
+        x_train = torch.tensor([[[1.0, 0.0]], [[3.0, 0.0]], [[0.0, 2.0]], [[0.0, 1.0]], [[1.0, 1.0]]])
+        y_train = torch.tensor([0, 0, 1, 1, 2])
+        classes = ["a", "b", "c"]
+
+    d = poco.class_mean_distances(Real())
+    assert d.shape == (3, 3) and torch.allclose(d, d.T) and torch.all(d.diagonal() == 0)
+    assert d[0, 1] == pytest.approx(1.0)  # orthogonal means
+    assert d[0, 2] == pytest.approx(1 - 1 / math.sqrt(2))

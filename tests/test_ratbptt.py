@@ -226,7 +226,7 @@ def test_bfloat16_convolutions_keep_the_meta_gradient_close():
 def test_conv_dtype_config():
     from podd_lib.config import resolve_config
     from podd_lib.run import model_for
-    from podd_lib.experiments import config_key
+    from podd_lib.kit.experiments import config_key
 
     cfg = resolve_config("cifar10", 1.0, "smoke", {"conv_dtype": "bfloat16"})
     assert model_for(cfg, 3).conv_dtype is torch.bfloat16

@@ -14,7 +14,7 @@ import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 SHOWN, NOT_SHOWN, NOT_RUN = "shown", "not shown", "not run"
-BEATS_RULE = "mean difference > pooled spread sqrt((s1^2 + s2^2) / 2)"
+BEATS_RULE = "difference > pooled spread"
 
 Row = Mapping[str, Any]
 
@@ -180,3 +180,17 @@ def claims_markdown(rows: Sequence[Row], profile: str) -> str:
     lines = [f"| claim | paper | ours ({profile}) | rule | at this profile |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | {r['rule']} | **{r['verdict']}** |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def section(out_dir, results: Sequence[Mapping]) -> list[str]:
+    """The report's opening section: the claims table of the profile(s) the results come from."""
+    if not results:
+        return []
+    profiles = sorted({str(r.get("profile", "?")) for r in results})
+    rows = claims_table(results)
+    shown = sum(r["verdict"] == SHOWN for r in rows)
+    return ["## The paper's claims at this profile", "",
+            f"Computed from the result files below (profile {', '.join(profiles)}) by `podd_lib.kit.claims`: "
+            f"{shown} of {len(rows)} shown. A claim \"A beats B\" is shown when A's mean exceeds B's by more "
+            "than the pooled spread sqrt((s_A^2 + s_B^2) / 2) of their evaluation networks.", "",
+            claims_markdown(rows, ", ".join(profiles))]

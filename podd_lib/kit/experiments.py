@@ -1,4 +1,4 @@
-"""Cached experiment runs for the notebooks: distill + evaluate, baselines, result files.
+"""The run cache of the notebooks: distill + evaluate, baselines and algorithm runs, each run once.
 
 Every result is keyed by its fully resolved config (a hash in the folder name), written
 atomically to outputs/runs/... and reused unless force=True, so an interrupted `run_all.sh`
@@ -14,9 +14,9 @@ import statistics
 import time
 from pathlib import Path
 
-from .config import resolve_config
-from .errors import PoddError
-from .io import atomic_write_json
+from ..config import resolve_config, tiling_overrides
+from ..errors import PoddError
+from ..io import atomic_write_json
 
 _DATA_CACHE: dict[tuple, object] = {}
 # Not hashed into run keys. The last five change kernels and memory, not the maths.
@@ -31,12 +31,17 @@ def config_key(cfg: dict) -> str:
     algorithm never reads, are not hashed: adding such a setting keeps every earlier RaT-BPTT
     run's key (and its cached result).
     """
-    from .config import algorithm_defaults, irrelevant_keys
+    from ..config import algorithm_defaults, irrelevant_keys
 
     defaults, unused = algorithm_defaults(), irrelevant_keys(cfg)
     stable = {k: v for k, v in sorted(cfg.items())
               if k not in VOLATILE and k not in unused and not (k in defaults and v == defaults[k])}
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_folder(cfg: dict) -> str:
+    """The run's folder name, 'ipc<IPC>-<key>': it depends on the config alone, so notebooks share runs."""
+    return f"ipc{cfg['ipc']:g}-{config_key(cfg)}"
 
 
 def device_name(device: str = "auto") -> str:
@@ -61,7 +66,7 @@ def progress_enabled() -> bool:
 
 def load_real(cfg: dict, data_root: str | None = None):
     """The real data a config asks for, loaded once per process (and cached on disk by data.py)."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     key = (cfg["dataset"], str(data_root), cfg["zca"], cfg.get("zca_reg"), cfg["train_per_class"], cfg["test_per_class"])
     if key not in _DATA_CACHE:
@@ -104,13 +109,12 @@ def distill_and_evaluate(
     device: str = "auto",
 ) -> dict:
     """Distill a poster with a resolved config and evaluate it; cached by config hash."""
-    from .run import adapt_config_to_data, distill, geometry_from_config, load_run, order_for
-    from .evaluate import evaluate_distilled
+    from ..run import adapt_config_to_data, distill, geometry_from_config, load_run, order_for
+    from ..evaluate import evaluate_distilled
 
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
     geometry_from_config(cfg)  # bad geometry fails before any data is read
-    # The folder depends on the config alone, so every notebook asking for the same run shares it.
-    run_dir = Path(out_dir) / "runs" / dataset / f"ipc{ipc:g}-{config_key(cfg)}"
+    run_dir = Path(out_dir) / "runs" / dataset / run_folder(cfg)
     result_path = run_dir / "result.json"
     if result_path.exists() and not force:
         return json.loads(result_path.read_text())
@@ -150,8 +154,6 @@ def algorithm_run(
     force: bool = False, device: str = "auto", ipc: float = 1.0,
 ) -> dict:
     """One cell of notebook 07: an algorithm on the poster or the tiling, with random or DREAM batches."""
-    from .report import tiling_overrides
-
     if representation not in ("poster", "tiling"):
         raise PoddError(f"representation must be poster or tiling, got {representation!r}")
     over = {"algorithm": algorithm, "sampling": sampling, **(overrides or {})}
@@ -169,7 +171,7 @@ def random_real_baseline(
     data_root: str | None = None, force: bool = False, device: str = "auto",
 ) -> dict:
     """Random real images within the same pixel budget, under the same protocol; cached."""
-    from .evaluate import evaluate_distilled, random_real_subset
+    from ..evaluate import evaluate_distilled, random_real_subset
 
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
     path = Path(out_dir) / "runs" / dataset / f"random-ipc{ipc:g}-{config_key(cfg)}" / "result.json"
@@ -191,7 +193,7 @@ def full_data_baseline(
     data_root: str | None = None, force: bool = False, device: str = "auto", epochs: float | None = None,
 ) -> dict:
     """The same network trained on the whole (profile-sliced) training set; cached."""
-    from .evaluate import full_dataset_baseline
+    from ..evaluate import full_dataset_baseline
 
     cfg = resolve_config(dataset, 1.0, profile, overrides or {})
     ep = epochs if epochs is not None else cfg["full_epochs"]
@@ -218,7 +220,7 @@ def save_table(rows: list[dict], path: str | os.PathLike) -> Path:
     import csv
     import io
 
-    from .io import atomic_write_text
+    from ..io import atomic_write_text
 
     if not rows:
         raise PoddError(f"no rows to write to {path}")

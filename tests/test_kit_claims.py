@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from podd_lib import claims
+from podd_lib.kit import claims
 
 
 def row(**kw):

@@ -44,7 +44,7 @@ FIGURE6: dict[tuple[int, int], float] = {
 # Section 5.3: correlation between ordering score and accuracy (CIFAR-10, 0.3 IPC, 250 steps, 5 orders).
 ORDER_CORRELATION = 0.76
 
-# Issue #5, notebook 07: the underlying methods at 1 IPC on CIFAR-10, as reported (not rerun).
+# Notebook 07: the underlying methods at 1 IPC on CIFAR-10, as reported (not rerun).
 # PoDD's Table 2 (RaT-BPTT, DSA, DM, MTT) and DREAM's Table 1 (DC, and DREAM on top of IDC).
 ALGORITHMS_REPORTED_CIFAR10: dict[str, tuple[float, float | None, str]] = {
     "ratbptt": (53.2, 0.7, "PoDD Table 2 (RaT-BPTT)"),

@@ -1,0 +1,244 @@
+"""The paper's experiments as plans of cached runs: which runs a table or figure needs, printed and run.
+
+One group per notebook. The plans print from the configs alone (no data, deterministic: the
+notebooks check these printouts under nbval); the runs go through a `Session`, so every run is
+cached by its config and shared between notebooks that ask for the same one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from ..config import resolve_config, tiling_overrides
+from ..errors import PoddError
+from . import paper
+from .session import Session
+
+# ----------------------------------------------------------------------------- 01: PoCO
+
+
+def print_published_orders(datasets: Sequence[str] = ("cifar10", "cifar100")) -> None:
+    """The class grids printed in the paper (rows top to bottom) and the index grids they give the poster."""
+    from .. import poco
+
+    fixtures = poco.load_fixtures()
+    for ds in datasets:
+        entry = fixtures[ds]
+        rows = entry["order"]
+        print(f"{ds}: {len(rows)} rows x {len(rows[0])} columns  ({entry['source']})")
+        for row in rows:
+            print("  " + " | ".join(name.replace("_", " ") for name in row))
+        print("  class indices:", poco.paper_order(ds, entry["classes"], len(rows), len(rows[0])))
+
+
+def walks(o_y: int, o_x: int) -> dict[str, list[tuple[int, int]]]:
+    """PoCO's grid walks over an o_y x o_x class grid, by style: the cells in visiting order."""
+    from .. import poco
+
+    return {style: poco.antidiagonal_order(o_y, o_x, style) for style in poco.STYLES}
+
+
+def recompute_poco(s: Session, datasets: Sequence[str] = ("cifar10", "cifar100")) -> bool:
+    """PoCO recomputed with CLIP beside the paper's orderings (tables, CIFAR-10 grids, results files).
+
+    Without CLIP weights (no local copy, no internet) it prints why, records that the published
+    orderings are used, and returns False.
+    """
+    from .. import poco
+    from . import plots
+
+    fixtures = poco.load_fixtures()
+    for ds in datasets:
+        classes, order = fixtures[ds]["classes"], fixtures[ds]["order"]
+        o_y, o_x = len(order), len(order[0])
+        try:
+            dist = poco.cosine_distances(poco.clip_text_embeddings(classes))
+        except PoddError as exc:
+            print(f"{ds}: CLIP unavailable, PoCO cannot be recomputed here: {exc}")
+            s.save_results([], title="PoCO class ordering", notes=[
+                "CLIP weights were not available: PoCO was not recomputed; the published orderings of paper "
+                "figures 7 and 8 are used (podd_lib/fixtures/poco_orderings.json)."])
+            return False
+        published = poco.paper_order(ds, classes, o_y, o_x)
+        rows = []
+        for style in ("paper", "release", "zigzag"):
+            grid = published if style == "paper" else poco.poco_order(dist, o_y, o_x, style=style)
+            label = "paper" if style == "paper" else f"PoCO, {style} walk"
+            rows.append({"dataset": ds, "ordering": label, "score": poco.ordering_score(grid, dist),
+                         "same as paper": grid == published, "first row": " ".join(classes[k] for k in grid[0])})
+            if ds == "cifar10" and style != "paper":
+                s.figure(plots.class_grid_plot([[classes[k] for k in row] for row in grid],
+                                               f"CIFAR-10, {label} (ours)"), f"01_poco_cifar10_{style}")
+        s.show_table(rows, list(rows[0]))
+        s.save_results(rows, name=s.name + ("" if ds == "cifar10" else "_" + ds),
+                       title=f"PoCO orderings recomputed with CLIP ({ds})",
+                       notes=["score = 1 / summed CLIP text distance over neighbouring class pairs"])
+    return True
+
+
+# ----------------------------------------------------------------------------- 02 and 03: Tables 1 and 2
+
+
+def table1_ipcs(s: Session, ipcs: Sequence[float] | None = None) -> dict[str, list[float]]:
+    """Table 1's IPC grid per dataset: `ipcs`, else the config's poster sizes (smoke: 1.0 and 0.5 only)."""
+    grids = {}
+    for ds in s.datasets:
+        grid = sorted((float(k) for k in resolve_config(ds, 1.0, s.profile)["posters"]), reverse=True)
+        if ipcs is not None:
+            grid = [float(v) for v in ipcs]
+        elif s.profile == "smoke":
+            grid = [1.0, 0.5]
+        grids[ds] = grid
+    return grids
+
+
+def print_table1_plan(s: Session, ipc_grid: dict[str, list[float]]) -> None:
+    """Poster size, exact IPC, patch grid and labels of every Table 1 run, the RaT-BPTT tiling last."""
+    from ..run import geometry_from_config
+
+    for ds, grid in ipc_grid.items():
+        for ipc in grid:
+            cfg = resolve_config(ds, ipc, s.profile)
+            g = geometry_from_config(cfg)
+            print(f"{ds} PoDD IPC {ipc:.1f}: poster {g.d_w}x{g.d_h}, exact IPC {g.ipc:.4f}, "
+                  f"patches {g.p_x}x{g.p_y} = {g.n_patches}, labels {cfg['label_kind']}")
+        over = tiling_overrides(ds, s.profile)
+        cfg = resolve_config(ds, 1.0, s.profile, over)
+        g = geometry_from_config(cfg)
+        print(f"{ds} RaT-BPTT tiling: poster {g.d_w}x{g.d_h}, exact IPC {g.ipc:.4f}, patches {g.p_x}x{g.p_y}, "
+              f"tiling {g.is_tiling}, labels {cfg['label_kind']}, overrides {over}")
+
+
+def table1_runs(s: Session, ipc_grid: dict[str, list[float]], run_full: bool = True) -> list[dict]:
+    """Table 1's runs: PoDD at every IPC, the RaT-BPTT tiling, and (run_full) the full dataset."""
+    results = []
+    for ds, grid in ipc_grid.items():
+        results += [r for ipc in grid for r in s.distill(ipc, dataset=ds)] + s.tiling(ds)
+        results += s.full_baseline(ds) if run_full else []
+    return results
+
+
+def table2_runs(s: Session, run_full: bool = True) -> dict[str, dict[str, list[dict]]]:
+    """Table 2's runs per dataset at 1 IPC: PoDD, the tiling, random real images, the full dataset."""
+    ours = {}
+    for ds in s.datasets:
+        ours[ds] = {"podd": s.distill(1.0, dataset=ds), "ratbptt": s.tiling(ds), "random": s.random_baseline(1.0, ds)}
+        if run_full:
+            ours[ds]["full"] = s.full_baseline(ds)
+    return ours
+
+
+# ----------------------------------------------------------------------------- 04: figure 6
+
+
+def figure6_grids(profile: str, patch_grids: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+    """The patch grids of figure 6: `patch_grids`, else the paper's seven (smoke: 5x2 and 16x6 only)."""
+    if patch_grids is not None:
+        return [list(g) for g in patch_grids]
+    return [[5, 2], [16, 6]] if profile == "smoke" else [list(g) for g in paper.FIGURE6]
+
+
+def print_figure6_plan(s: Session, grids: Sequence[Sequence[int]], extra: dict) -> None:
+    """Each patch grid's stride, whether it tiles the poster, and the outer steps."""
+    from ..run import geometry_from_config
+
+    for g in grids:
+        cfg = resolve_config(s.dataset, 1.0, s.profile, {"patch_grid": list(g), **extra})
+        geom = geometry_from_config(cfg)
+        d = geom.to_dict()
+        print(f"patches {geom.p_x}x{geom.p_y} = {geom.n_patches:3d}: stride {d['stride_x']:.2f} x "
+              f"{d['stride_y']:.2f} px, tiling {geom.is_tiling}, steps {cfg['steps']}")
+
+
+def figure6_runs(s: Session, grids: Sequence[Sequence[int]], extra: dict) -> list[dict]:
+    """One run per patch grid and seed at 1 IPC; 5x2 (tagged 'ratbptt') and 16x6 share notebook 02's cache."""
+    from ..run import geometry_from_config
+
+    def tag(g: list[int]) -> str:
+        cfg = resolve_config(s.dataset, 1.0, s.profile, {"patch_grid": g})
+        return "ratbptt" if geometry_from_config(cfg).is_tiling else "podd"
+
+    return [r for g in grids for r in s.distill(1.0, {"patch_grid": list(g), **extra}, tag=tag(list(g)))]
+
+
+# ----------------------------------------------------------------------------- 05: class order
+
+
+def class_orders(profile: str, n_random_orders: int) -> list[str]:
+    """The paper's order and n random ones (smoke: 2), as --order specs."""
+    n = 2 if profile == "smoke" else int(n_random_orders)
+    return ["paper"] + [f"random:{k}" for k in range(1, n + 1)]
+
+
+def print_orders(s: Session, orders: Sequence[str], ipc: float) -> None:
+    """Every order's class grid, rows separated by '/'."""
+    from .. import poco
+
+    classes = poco.load_fixtures()[s.dataset]["classes"]
+    o_x, o_y = resolve_config(s.dataset, ipc, s.profile)["class_grid"]
+    for spec in orders:
+        grid = poco.resolve_order(spec, classes, o_y, o_x, dataset=s.dataset)
+        print(f"{spec:9s} " + " / ".join(" ".join(classes[k] for k in row) for row in grid))
+
+
+def class_distances(s: Session, ipc: float) -> tuple[Any, str, list[str]]:
+    """(distance matrix, its name, class names): CLIP text distances, else the class-mean image stand-in."""
+    from .. import poco
+    from .experiments import load_real
+
+    classes = poco.load_fixtures()[s.dataset]["classes"]
+    try:
+        dist = poco.cosine_distances(poco.clip_text_embeddings(classes))
+        print("distance: CLIP text embeddings (as in the paper)")
+        return dist, "CLIP text", classes
+    except PoddError as exc:
+        print(f"CLIP unavailable: {exc}")
+    real = load_real(resolve_config(s.dataset, ipc, s.profile), s.data_root)
+    print(f"distance: STAND-IN, cosine distance between class-mean training images in ZCA space "
+          f"({real.x_train.shape[0]} training images), not the paper's CLIP distance")
+    return poco.class_mean_distances(real), "class-mean image (stand-in)", classes
+
+
+# ----------------------------------------------------------------------------- 07: algorithms under posters
+
+
+def algorithm_plan(algorithms: Sequence[str], representations: Sequence[str],
+                   samplings: Sequence[str]) -> list[tuple[str, str, str]]:
+    """Every (algorithm, representation, sampling); MTT draws no real batches, so it has no DREAM run."""
+    return [(a, r, m) for a in algorithms for r in representations for m in samplings
+            if not (a == "mtt" and m == "dream")]
+
+
+def print_algorithm_plan(s: Session, plan: Sequence[tuple[str, str, str]]) -> None:
+    """The poster and patch grid of every planned run."""
+    from ..run import geometry_from_config
+
+    for algo, rep, samp in plan:
+        over = {"algorithm": algo, "sampling": samp, **(tiling_overrides(s.dataset, s.profile) if rep == "tiling" else {})}
+        geom = geometry_from_config(resolve_config(s.dataset, 1.0, s.profile, over))
+        print(f"{algo:8s} {rep:7s} {samp:7s} poster {geom.d_h}x{geom.d_w}, {geom.p_x}x{geom.p_y} = {geom.n_patches} patches")
+
+
+def algorithm_runs(s: Session, plan: Sequence[tuple[str, str, str]], overrides: dict) -> tuple[list[dict], dict]:
+    """Every planned run (cached; MTT trains and caches its experts first) and the wall time of each call."""
+    results, walls = [], {}
+    for algo, rep, samp in plan:
+        t0 = time.perf_counter()
+        results.append(s.algorithm(algo, rep, samp, overrides))
+        walls[(algo, rep, samp)] = time.perf_counter() - t0
+    return results, walls
+
+
+def algorithm_notes(s: Session, init: str, algorithms: Sequence[str]) -> list[str]:
+    """The report's notes on notebook 07: what the rows share, the reported numbers, the deviations."""
+    dream = "; ".join(f"{k} {v[0]} \u00b1 {v[1]}" for k, v in paper.DREAM_REPORTED_CIFAR10.items())
+    syn_aug = resolve_config(s.dataset, 1.0, s.profile)["syn_aug"]
+    notes = ["All rows computed here share PoDD's outer loop (Adam, clipping), init "
+             f"{init!r} and evaluation protocol; equal pixels (64x160 poster) and equal outer steps per pair.",
+             "Reported rows are each method's own 1-IPC CIFAR-10 number (not rerun). DREAM's Table 1 (1 IPC, "
+             f"CIFAR-10): {dream}.",
+             "MTT draws no real batches, so it has no DREAM row.",
+             f"Augmentation of patches (and, siamese, of DM/DC real batches): syn_aug = {syn_aug!r}, PoDD's; DSA, DM "
+             "and MTT use DSA's full strategy (--set syn_aug=dsa). MTT's experts do use it (expert_aug)."]
+    return notes + [n for a in algorithms for n in s.deviation_notes(1.0, {"algorithm": a}, label=a)]
