@@ -76,3 +76,22 @@ def test_markdown_has_one_line_per_claim():
     md = claims.claims_markdown(rows, "quick")
     assert md.count("\n") == len(rows) + 2
     assert "**shown**" in md and "**not shown**" in md
+
+
+def test_readme_claims_block_is_computed_from_the_committed_results():
+    from pathlib import Path
+
+    from podd_lib.kit.report import load_results
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert claims.update_readme(readme, load_results(root / "outputs")) == readme, \
+        "README's claims table is stale: run `python -m podd_lib.kit readme outputs README.md`"
+
+
+def test_update_readme_replaces_only_the_block_and_needs_markers():
+    text = f"intro\n{claims.README_BEGIN}\nold\n{claims.README_END}\noutro\n"
+    new = claims.update_readme(text, results())
+    assert new.startswith("intro\n") and new.endswith("\noutro\n") and "old" not in new and "**shown**" in new
+    with pytest.raises(ValueError):
+        claims.update_readme("no markers", results())
