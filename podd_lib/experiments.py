@@ -21,7 +21,7 @@ from .io import atomic_write_json
 _DATA_CACHE: dict[tuple, object] = {}
 # Not hashed into run keys. The last four change kernels and memory, not the maths.
 VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs",
-            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels")
+            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels", "data_root")
 
 
 def config_key(cfg: dict) -> str:
