@@ -40,12 +40,12 @@ def _listing(folder: Path) -> list[str]:
 
 def _check_writable(path: Path, flag: str) -> None:
     """The nearest existing ancestor of path must be a folder we can write into."""
-    probe = path
+    probe = path if path.is_dir() else path.parent
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
-    if probe != path and not probe.is_dir():
+    if not probe.is_dir():
         raise PoddError(f"{flag} {path}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PoddError(f"{flag} {path}: cannot write in {probe} (permission denied)")

@@ -168,11 +168,11 @@ def memory_bytes() -> int:
 
 
 def check_patches_fit(n_patches: int, channels: int, h: int, w: int, d_w: int, d_h: int, p_x: int, p_y: int) -> None:
-    """Refuse patch grids that repeat patches or whose patch set (float32) needs over half the memory."""
+    """Refuse patch grids with more patches than pixels along an axis, or a patch set over half the memory."""
     for count, length, window, axis in ((p_x, d_w, w, "x"), (p_y, d_h, h, "y")):
-        if count > length - window + 1:
-            raise PoddError(f"{count} patches along {axis} on a {length} px poster repeat patches "
-                            f"({length - window + 1} distinct positions at most)")
+        if count > length:
+            raise PoddError(f"{count} patches along {axis} on a {length} px poster: more patches than pixels "
+                            f"({length - window + 1} distinct positions)")
     need = n_patches * channels * h * w * 4
     have = memory_bytes()
     if have and need > have / 2:
