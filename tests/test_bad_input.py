@@ -27,6 +27,7 @@ from PIL import Image
 RUN_FLAGS = ["--set", "bs=8", "--no-zca"]  # the fixture run: small and quick
 FAIL_WITHIN = 10.0  # seconds on an idle machine; scaled up by the reference command's time on a busy one
 DURATIONS: dict[str, float] = {}
+MESSAGES: dict[str, str] = {}
 
 
 def make_imagefolder(root: Path, n_classes: int = 4, per_class: int = 6, empty_train: tuple[str, ...] = ()) -> Path:
@@ -203,7 +204,7 @@ CASES = [
 def test_bad_input(tree: Path, case: str, argv, text: str) -> None:
     before = snapshot(tree)
     code, out, err, seconds = podd(argv(tree), tree)
-    DURATIONS[case] = seconds
+    DURATIONS[case], MESSAGES[case] = seconds, err.strip()
     after = snapshot(tree)
     assert code != 0, f"exit 0 for {case}: {out[-500:]}"
     assert "Traceback" not in err, err[-2000:]
@@ -256,5 +257,5 @@ def test_durations_recorded() -> None:
     slowest = max((c for c in DURATIONS if not c.startswith("reference")), key=DURATIONS.get)
     print(f"\nbad-input cases: {len(DURATIONS)}, slowest {slowest} {DURATIONS[slowest]:.2f} s")
     for case, seconds in sorted(DURATIONS.items(), key=lambda kv: -kv[1]):
-        print(f"  {seconds:6.2f} s  {case}")
+        print(f"  {seconds:6.2f} s  {case}: {MESSAGES.get(case, '')}")
     assert DURATIONS[slowest] < fail_within()
