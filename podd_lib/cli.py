@@ -324,9 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dataset", required=need_dataset,
                         help="cifar10, cifar100, cub200, tinyimagenet or imagefolder:PATH"
                         + ("" if need_dataset else " (default: none; baselines need it)"))
-        sp.add_argument("--ipc", type=positive, default=None, help="images per class budget (default: the config's)")
+        sp.add_argument("--ipc", type=float, default=None, help="images per class budget (default: the config's)")
         sp.add_argument("--profile", default=DEFAULT_PROFILE, choices=("smoke", "quick", "paper"),
-                        help="settings profile; run_all.sh uses the same default")
+                        help=f"settings profile (default: {DEFAULT_PROFILE}, as in run_all.sh)")
         sp.add_argument("--config", metavar="FILE.toml",
                         help="TOML file of config overrides, key = value (default: none; --set wins over it)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -41,7 +41,7 @@ class ConfigSchema(BaseModel):
     labels: Literal["fixed", "learned", "auto"] = "auto"
     fixed_labels_from_ipc: Positive = 0.7
     label_sizing: Literal["paper", "release"] = "paper"
-    init: Literal["normal", "noise", "class_areas", "real", "dream"] = "normal"
+    init: StrictStr = "normal"  # the names: config.check_algorithm
     zca: StrictBool = True
     zca_reg: Positive = 0.1
     arch: Literal["convnet", "resnet18", "vgg11", "alexnet"] = "convnet"
@@ -67,8 +67,8 @@ class ConfigSchema(BaseModel):
     test_per_class: NonNegative = 0
     checkpoint_every: Count = 50
     seed: StrictInt = 0
-    algorithm: Literal["ratbptt", "mtt", "dm", "dc"] = "ratbptt"
-    sampling: Literal["random", "dream"] = "random"
+    algorithm: StrictStr = "ratbptt"  # the names: config.check_algorithm
+    sampling: StrictStr = "random"  # the names: config.check_algorithm
     dream_interval: Count = 10
     dream_pool: NonNegative = 0
     dream_iters: Count = 20

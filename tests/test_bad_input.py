@@ -132,8 +132,9 @@ CASES = [
     ("set_no_equals", lambda t: [D, *base(t), "--set", "width", "--out", "new"], "key=value"),
     ("set_arch_unknown", lambda t: [D, *base(t), "--set", "arch=nosuchnet", "--out", "new"], "arch must be one of"),
     ("set_batch_zero", lambda t: [D, *base(t), "--set", "bs_d=0", "--out", "new"], "bs_d must be an integer >= 1"),
-    ("ipc_zero", lambda t: [D, *base(t), "--ipc", "0", "--out", "new"], "positive number"),
-    ("ipc_abc", lambda t: [D, *base(t), "--ipc", "abc", "--out", "new"], "positive number"),
+    ("ipc_zero", lambda t: [D, *base(t), "--ipc", "0", "--out", "new"], "IPC must be a positive number"),
+    ("ipc_abc", lambda t: [D, *base(t), "--ipc", "abc", "--out", "new"], "invalid float value"),
+    ("set_algorithm_unknown", lambda t: [D, *base(t), "--set", "algorithm=mmt", "--out", "new"], "unknown algorithm"),
     ("patches_huge", lambda t: ["info", "--dataset", "cifar10", "--ipc", "1", "--patches", "1000x1000"], "patches"),
     ("patches_huge_distill", lambda t: [D, "--dataset", "cifar10", "--patches", "1000x1000", "--out", "new",
                                         "--no-download"], "patches"),
@@ -234,7 +235,9 @@ def test_ctrl_c_says_how_to_resume(tree: Path, tmp_path: Path) -> None:
     env = {**os.environ, "CI": "1", "PODD_DATA_ROOT": str(tree / "emptyroot")}
     cmd = [sys.executable, "-m", "podd_lib", "distill", *base(tree), *RUN_FLAGS, "--steps", "100000",
            "--out", str(out)]
-    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job starts with SIGINT ignored; the child gets the default back, as in a terminal.
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while not (out / "checkpoint.pt").exists() and time.time() < deadline and p.poll() is None:
