@@ -8,7 +8,8 @@
     podd distill --dataset cifar10 --ipc 1 --profile quick --algorithm dm --sampling dream --init dream --out runs/dm
     podd experts --dataset cifar10 --profile quick
 
-Bad input stops before any compute with one line on stderr and exit status 2.
+Bad input stops before any data is read with one line on stderr and exit status 2. The default
+profile is `quick`, as in run_all.sh.
 """
 
 from __future__ import annotations
@@ -22,8 +23,68 @@ from pathlib import Path
 from .errors import PoddError
 
 
+DEFAULT_PROFILE = "quick"  # the same as run_all.sh
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print 'podd <cmd>: error: ...' as one line and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' unless the help text already states the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """The help text with its default, once."""
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not text:
+            return text
+        return super()._get_help_string(action)
+
+
+def count(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def counts(text: str) -> list[int]:
+    """An argparse type: comma-separated integers >= 1 (e.g. 300,600)."""
+    return [count(t.strip()) for t in text.split(",")]
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def device_name(text: str) -> str:
+    """An argparse type: auto, cpu, mps, cuda or cuda:N."""
+    from .validate import DEVICE
+
+    if not DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu or cuda (cuda:N)")
+    return text
+
+
 def _device(name: str) -> str:
     """'auto' -> cuda when available, else cpu."""
+    if name == "cpu":
+        return name
     import torch
 
     if name == "auto":
@@ -40,9 +101,10 @@ def _progress() -> bool:
 
 def _config(args: argparse.Namespace) -> dict:
     """Resolve dataset config + profile + --set / flag overrides."""
-    from .config import parse_sets, resolve_config
+    from .config import parse_sets, read_config_file, resolve_config
 
-    over = parse_sets(getattr(args, "set", None))
+    over = read_config_file(args.config) if getattr(args, "config", None) else {}
+    over.update(parse_sets(getattr(args, "set", None)))
     for flag, key in (("labels", "labels"), ("order", "order"), ("patches", "patches"), ("steps", "steps"),
                       ("seed", "seed"), ("models", "eval_models"), ("algorithm", "algorithm"),
                       ("sampling", "sampling"), ("init", "init"), ("n_experts", "n_experts")):
@@ -50,10 +112,18 @@ def _config(args: argparse.Namespace) -> dict:
         if v is not None:
             over[key] = v
     if getattr(args, "eval_steps", None):
-        over["eval_steps"] = [int(s) for s in str(args.eval_steps).split(",")]
+        over["eval_steps"] = list(args.eval_steps)
     if getattr(args, "no_zca", False):
         over["zca"] = False
     return resolve_config(args.dataset, getattr(args, "ipc", None), args.profile, over)
+
+
+def _data_root(args: argparse.Namespace, cfg: dict | None = None) -> str:
+    """--data-root, else the run's recorded data root, else $PODD_DATA_ROOT, else ./data (absolute)."""
+    from .data import resolve_data_root
+
+    given = args.data_root or (cfg or {}).get("data_root") or None
+    return str(resolve_data_root(given).absolute())
 
 
 def _load_real(cfg: dict, args: argparse.Namespace):
@@ -62,7 +132,7 @@ def _load_real(cfg: dict, args: argparse.Namespace):
 
     return load_dataset(
         cfg["dataset"],
-        data_root=args.data_root,
+        data_root=_data_root(args, cfg),
         zca=cfg["zca"],
         download=not getattr(args, "no_download", False),
         train_per_class=cfg["train_per_class"] or None,
@@ -72,10 +142,10 @@ def _load_real(cfg: dict, args: argparse.Namespace):
 
 def cmd_info(args: argparse.Namespace) -> dict:
     """Geometry and label parameters as JSON, without touching data."""
+    cfg = _config(args)
     from .run import geometry_from_config
     from .poddl import PosterLabels
 
-    cfg = _config(args)
     geom = geometry_from_config(cfg)
     identity = [[r * geom.o_x + c for c in range(geom.o_x)] for r in range(geom.o_y)]
     labels = PosterLabels(identity, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"])
@@ -86,19 +156,38 @@ def cmd_info(args: argparse.Namespace) -> dict:
     return info
 
 
+def _check_before_data(cfg: dict) -> None:
+    """Geometry (ImageFolder: class folders listed, no image decoded) and memory, before any data is read."""
+    from .run import geometry_from_config
+
+    if not cfg["n_classes"] and cfg["dataset"].startswith("imagefolder:"):
+        from .config import derive
+        from .data import imagefolder_classes
+
+        cfg = derive({**cfg, "n_classes": len(imagefolder_classes(cfg["dataset"]))})
+    if cfg["n_classes"]:
+        geometry_from_config(cfg)
+
+
 def cmd_distill(args: argparse.Namespace) -> None:
     """Distill a poster into --out (resumable)."""
-    from .run import adapt_config_to_data, distill, geometry_from_config, order_for
+    from .safety import check_run_out, read_run_config, resume_changes
 
     cfg = _config(args)
     device = _device(args.device)
-    if cfg["n_classes"]:
-        geometry_from_config(cfg)  # bad geometry fails here, before any data is read
+    out = Path(args.out)
+    check_run_out(out, args.resume)
+    cfg["data_root"] = _data_root(args)
+    if args.resume:
+        resume_changes(read_run_config(out / "config.json"), cfg, before_data=True)
+    _check_before_data(cfg)
+    from .run import adapt_config_to_data, distill, geometry_from_config, order_for
+
     real = _load_real(cfg, args)
     cfg = adapt_config_to_data(cfg, real)
     geom = geometry_from_config(cfg)
     order = order_for(cfg, list(real.classes), geom)
-    st = distill(cfg, real, order, args.out, resume=args.resume, device=device, progress=_progress())
+    st = distill(cfg, real, order, out, resume=args.resume, device=device, progress=_progress())
     last = st.history[-1] if st.history else {}
     print(json.dumps({"out": str(args.out), "steps": st.step, "loss": last.get("loss")}))
 
@@ -127,24 +216,38 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from . import evaluate as ev
     from .run import load_run
 
+    from .validate import check_config
+
     device = _device(args.device)
     if args.run:
+        from .config import parse_sets, read_config_file
+
         run = load_run(args.run)
         cfg = dict(run["config"])
+        over = read_config_file(args.config) if args.config else {}
+        over.update(parse_sets(args.set))
         if args.models:
-            cfg["eval_models"] = args.models
+            over["eval_models"] = args.models
         if args.eval_steps:
-            cfg["eval_steps"] = [int(s) for s in args.eval_steps.split(",")]
-        from .config import parse_sets
-
-        cfg.update(parse_sets(args.set))
+            over["eval_steps"] = list(args.eval_steps)
+        cfg.update(over)
+        check_config(cfg, over)
+        out = Path(args.out) if args.out else Path(args.run) / "eval.json"
+        _check_out_file(out)
         real = _load_real(cfg, args)
         x, y, what = run["x"], run["y"], f"poster {args.run}"
-        out = Path(args.out) if args.out else Path(args.run) / "eval.json"
     else:
         if not args.dataset:
             raise PoddError("podd evaluate needs a RUN folder or --baseline with --dataset")
         cfg = _config(args)
+        name = cfg["dataset"].replace(":", "_").replace("/", "_")
+        out = (Path(args.out) if args.out
+               else Path("outputs") / "baselines" / cfg["profile"] / f"baseline_{args.baseline}_{name}.json")
+        _check_out_file(out)
+        if cfg["dataset"].startswith("imagefolder:"):
+            from .data import imagefolder_classes
+
+            imagefolder_classes(cfg["dataset"])
         real = _load_real(cfg, args)
         cfg["n_classes"] = len(real.classes)
         if args.baseline == "random":
@@ -152,7 +255,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             what = f"random real images at {cfg['ipc']} IPC"
         else:
             x, y, what = None, None, "full training set"
-        out = Path(args.out) if args.out else Path("outputs/results") / f"baseline_{args.baseline}_{cfg['dataset']}.json"
     arch_kwargs = {"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]}
     if x is None:
         result = ev.full_dataset_baseline(
@@ -173,6 +275,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _check_out_file(out: Path) -> None:
+    """An output file path: not a folder, and its folder writable (checked before any data is read)."""
+    from .safety import _check_writable
+
+    if out.is_dir():
+        raise PoddError(f"--out {out} is a folder; give a file name for the JSON result")
+    _check_writable(out, "--out")
+
+
 def summary_line(result: dict) -> str:
     """'soft labels: 26.31 +- 0.52 % at step 300 (3 models) | hard labels: ...' for the console."""
     parts = []
@@ -191,77 +302,109 @@ def cmd_export(args: argparse.Namespace) -> None:
     """Write a run's distilled set as one .pt file or as an ImageFolder tree of PNGs."""
     from .run import load_run
     from .export import export_run
+    from .safety import check_export_dest, default_export_dest
 
-    path = export_run(load_run(args.run), args.format, Path(args.dest) if args.dest else Path(args.run) / "export")
+    run_dir = Path(args.run)
+    dest = Path(args.dest) if args.dest else default_export_dest(run_dir, args.format)
+    if run_dir.is_dir():
+        check_export_dest(run_dir, dest, args.format)
+    path = export_run(load_run(run_dir), args.format, dest, run_dir)
     print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `podd`."""
-    p = argparse.ArgumentParser(prog="podd", description="PoDD: distill a dataset into one poster.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = Parser(prog="podd", description="PoDD: distill a dataset into one poster.", formatter_class=Help)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+
+    def add_parser(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=Help, **kw)
 
     def common(sp: argparse.ArgumentParser, need_dataset: bool = True) -> None:
-        sp.add_argument("--dataset", required=need_dataset, help="cifar10, cifar100, cub200, tinyimagenet or imagefolder:PATH")
+        sp.add_argument("--dataset", required=need_dataset,
+                        help="cifar10, cifar100, cub200, tinyimagenet or imagefolder:PATH"
+                        + ("" if need_dataset else " (default: none; baselines need it)"))
         sp.add_argument("--ipc", type=float, default=None, help="images per class budget (default: the config's)")
-        sp.add_argument("--profile", default="paper", choices=("smoke", "quick", "paper"))
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
-        sp.add_argument("--labels", choices=("fixed", "learned", "auto"))
-        sp.add_argument("--patches", metavar="PXxPY", help="patch grid, e.g. 16x6")
+        sp.add_argument("--profile", default=DEFAULT_PROFILE, choices=("smoke", "quick", "paper"),
+                        help=f"settings profile (default: {DEFAULT_PROFILE}, as in run_all.sh)")
+        sp.add_argument("--config", metavar="FILE.toml",
+                        help="TOML file of config overrides, key = value (default: none; --set wins over it)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override any config field, repeatable (default: none)")
+        sp.add_argument("--labels", choices=("fixed", "learned", "auto"), help="PoDDL labels (default: the config's)")
+        sp.add_argument("--patches", metavar="PXxPY", help="patch grid, e.g. 16x6 (default: the config's)")
 
-    sp = sub.add_parser("info", help="print the poster geometry as JSON (no data needed)")
+    sp = add_parser("info", help="print the poster geometry as JSON (no data needed)")
     common(sp)
     sp.set_defaults(fn=cmd_info)
 
     def data(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--data-root", default=None, help="data folder (default $PODD_DATA_ROOT, else ./data)")
-        sp.add_argument("--no-download", action="store_true", help="never download datasets")
-        sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
-        sp.add_argument("--no-zca", action="store_true", help="mean/std normalisation instead of ZCA")
+        sp.add_argument("--no-download", action="store_true", help="never download datasets (default: download)")
+        sp.add_argument("--device", default="auto", type=device_name, help="auto, cpu or cuda (cuda:N)")
+        sp.add_argument("--no-zca", action="store_true", help="mean/std normalisation instead of ZCA (default: ZCA)")
         sp.add_argument("--keep-freed-memory", action="store_true",
-                        help="CPU: glibc keeps freed memory for reuse (faster, more peak memory; same results)")
+                        help="CPU: glibc keeps freed memory for reuse (faster, more peak memory; same results; "
+                             "default: off)")
 
-    sp = sub.add_parser("distill", help="distill a poster")
+    sp = add_parser("distill", help="distill a poster")
     common(sp)
     data(sp)
-    sp.add_argument("--order", help="poco | poco-zigzag | paper | identity | random:SEED | file:PATH")
-    sp.add_argument("--steps", type=int, help="outer steps (default: the config's)")
-    sp.add_argument("--seed", type=int)
-    sp.add_argument("--out", required=True, help="run folder")
-    sp.add_argument("--resume", action="store_true", help="continue the run in --out")
-    sp.add_argument("--algorithm", choices=("ratbptt", "mtt", "dm", "dc"), help="distillation algorithm (default ratbptt)")
-    sp.add_argument("--sampling", choices=("random", "dream"), help="real batches: random, or DREAM's representatives")
+    sp.add_argument("--order", help="poco | poco-zigzag | paper | identity | random:SEED | file:PATH "
+                                    "(default: the config's)")
+    sp.add_argument("--steps", type=count, help="outer steps, >= 1 (default: the config's)")
+    sp.add_argument("--seed", type=int, help="random seed (default: the config's, 0)")
+    sp.add_argument("--out", required=True, help="run folder: new, empty, or a run of the kit (default: none, required)")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its checkpoint (default: start a new run)")
+    sp.add_argument("--algorithm", choices=("ratbptt", "mtt", "dm", "dc"), help="distillation algorithm (default: ratbptt)")
+    sp.add_argument("--sampling", choices=("random", "dream"),
+                    help="real batches: random, or DREAM's representatives (default: random)")
     sp.add_argument("--init", choices=("noise", "class_areas", "real", "dream"),
-                    help="poster init: noise (paper, N(0,1)), class_areas (release), real images, DREAM centres")
+                    help="poster init: noise (paper, N(0,1)), class_areas (release), real images, DREAM centres "
+                         "(default: the config's, noise)")
     sp.set_defaults(fn=cmd_distill)
 
-    sp = sub.add_parser("experts", help="train and cache MTT's expert trajectories")
+    sp = add_parser("experts", help="train and cache MTT's expert trajectories")
     common(sp)
     data(sp)
-    sp.add_argument("--n-experts", type=int, help="number of expert trajectories (default: the config's)")
-    sp.add_argument("--seed", type=int)
+    sp.add_argument("--n-experts", type=count, help="number of expert trajectories (default: the config's)")
+    sp.add_argument("--seed", type=int, help="random seed (default: the config's, 0)")
     sp.add_argument("--out", help="experts root folder (default $PODD_EXPERTS, else ./outputs/experts)")
     sp.set_defaults(fn=cmd_experts)
 
-    sp = sub.add_parser("evaluate", help="evaluate a run or a baseline")
-    sp.add_argument("run", nargs="?", help="run folder written by podd distill")
+    sp = add_parser("evaluate", help="evaluate a run or a baseline")
+    sp.add_argument("run", nargs="?", help="run folder written by podd distill (default: none; evaluate a baseline)")
     common(sp, need_dataset=False)
     data(sp)
-    sp.add_argument("--baseline", choices=("random", "full"), default="random")
-    sp.add_argument("--models", type=int, help="number of networks (default 8)")
-    sp.add_argument("--eval-steps", help="comma-separated training steps to measure at, e.g. 300,600")
-    sp.add_argument("--arch", help="convnet, resnet18, vgg11, alexnet")
-    sp.add_argument("--epochs", type=float, default=30, help="epochs of the full-dataset baseline")
-    sp.add_argument("--seed", type=int)
-    sp.add_argument("--out", help="result JSON (default RUN/eval.json)")
+    sp.add_argument("--baseline", choices=("random", "full"), default="random", help="baseline without a RUN")
+    sp.add_argument("--models", type=count, help="number of networks, >= 1 (default: the config's; quick 4, paper 8)")
+    sp.add_argument("--eval-steps", type=counts,
+                    help="comma-separated training steps to measure at, e.g. 300,600 (default: the config's)")
+    sp.add_argument("--arch", choices=("convnet", "resnet18", "vgg11", "alexnet"),
+                    help="network to train (default: the config's, convnet)")
+    sp.add_argument("--epochs", type=positive, default=30, help="epochs of the full-dataset baseline")
+    sp.add_argument("--seed", type=int, help="random seed (default: the config's, 0)")
+    sp.add_argument("--out", help="result JSON (default: RUN/eval.json; baselines: "
+                                  "outputs/baselines/PROFILE/baseline_KIND_DATASET.json)")
     sp.set_defaults(fn=cmd_evaluate)
 
-    sp = sub.add_parser("export", help="export a run's patches and labels")
-    sp.add_argument("run")
-    sp.add_argument("--format", choices=("pt", "imagefolder"), default="pt")
-    sp.add_argument("--dest", help="destination (default RUN/export)")
+    sp = add_parser("export", help="export a run's patches and labels")
+    sp.add_argument("run", help="run folder written by podd distill")
+    sp.add_argument("--format", choices=("pt", "imagefolder"), default="pt", help="one .pt file or PNGs per class")
+    sp.add_argument("--dest", help="a new or empty folder, or a previous export of this run (default: RUN/export "
+                                   "for pt, RUN/export-imagefolder for imagefolder; pt also takes FILE.pt)")
     sp.set_defaults(fn=cmd_export)
     return p
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue after Ctrl-C (a distillation resumes from its last checkpoint)."""
+    if args.cmd == "distill" and (Path(args.out) / "checkpoint.pt").is_file():
+        return f"the last checkpoint is in {args.out}: run the same command with --resume to continue"
+    if args.cmd == "distill":
+        return "no checkpoint was written yet: run the same command again"
+    return "every file is written atomically, nothing is half-written: run the same command again"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     except PoddError as e:
         print(f"podd: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"podd: interrupted; {_resume_hint(args)}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -28,8 +28,30 @@ TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "cub200": 5994, "tinyimagene
 
 
 def _read_toml(name: str) -> dict:
-    """Parse one file of podd_lib/configs."""
-    return tomllib.loads(resources.files("podd_lib.configs").joinpath(name).read_text())
+    """Parse one file of podd_lib/configs (a syntax error names the file, in one line)."""
+    path = resources.files("podd_lib.configs").joinpath(name)
+    return _parse_toml(path.read_text(), str(path))
+
+
+def _parse_toml(text: str, where: str) -> dict:
+    """TOML text -> dict; a syntax error is a one-line PoddError naming the file."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PoddError(f"{where}: TOML syntax error: {e}") from None
+
+
+def read_config_file(path: str) -> dict:
+    """A user's TOML file of config overrides (flat key = value), checked like --set values."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PoddError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
+    data = _parse_toml(text, path)
+    tables = sorted(k for k, v in data.items() if isinstance(v, dict))
+    if tables:
+        raise PoddError(f"{path}: config files hold flat key = value lines; found table(s) {', '.join(tables)}")
+    return data
 
 
 def base_config(dataset: str) -> dict:
@@ -63,6 +85,8 @@ def parse_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
+        if text and text[0] in "[{\"'":
+            raise PoddError(f"cannot parse {text!r}: not a valid TOML list, table or string") from None
         return text
 
 
@@ -73,7 +97,10 @@ def parse_sets(items: list[str] | None) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise PoddError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = parse_value(value.strip())
+        try:
+            out[key.strip()] = parse_value(value.strip())
+        except PoddError as e:
+            raise PoddError(f"--set {key.strip()}: {e}") from None
     return out
 
 
@@ -105,6 +132,9 @@ def resolve_config(
     cfg.update(changes)
     if ipc is not None:
         cfg["ipc"] = float(ipc)
+    from .validate import check_config
+
+    check_config(cfg, overrides)
     cfg["profile"] = profile
     cfg["profile_overrides"] = {k: v for k, v in changes.items() if k not in (overrides or {})}
     cfg["user_overrides"] = dict(overrides or {})

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from .errors import PoddError
 from .io import atomic_torch_save, atomic_write_json
+from .safety import check_export_dest, replace_folder, write_marker
 
 
-def export_run(run: dict, fmt: str, dest: Path) -> Path:
-    """Write run['x'] / run['y'] (patches, soft labels) as 'pt' or 'imagefolder'; return the path."""
-    if fmt == "pt":
-        path = dest if dest.suffix == ".pt" else dest / "distilled.pt"
-        atomic_torch_save({"x": run["x"], "y": run["y"], "classes": run["classes"],
-                           "preprocess": run["preprocess"], "note": "x is in the preprocessed (e.g. ZCA) space"}, path)
-        return path
-    if fmt != "imagefolder":
+def export_run(run: dict, fmt: str, dest: Path, run_dir: Path | None = None) -> Path:
+    """Write run['x'] / run['y'] (patches, soft labels) as 'pt' or 'imagefolder'; return the path.
+
+    dest must be new, empty, or a previous export of the same run in the same format
+    (safety.check_export_dest); it is replaced atomically and marked as the kit's export.
+    """
+    if fmt not in ("pt", "imagefolder"):
         raise PoddError(f"unknown export format {fmt!r}; use pt or imagefolder")
+    run_id = str(Path(run_dir).resolve()) if run_dir is not None else ""
+    if run_dir is not None:
+        check_export_dest(Path(run_dir), dest, fmt)
+    payload = {"x": run["x"], "y": run["y"], "classes": run["classes"], "preprocess": run["preprocess"],
+               "note": "x is in the preprocessed (e.g. ZCA) space", "podd_export": run_id}
+    if fmt == "pt" and dest.suffix == ".pt":
+        return atomic_torch_save(payload, dest)
+    if fmt == "pt":
+        def fill_pt(tmp: Path) -> None:
+            torch.save(payload, tmp / "distilled.pt")
+            write_marker(tmp, "export", format=fmt, run=run_id)
+        return replace_folder(dest, fill_pt) / "distilled.pt"
     from PIL import Image
 
     from .viz import poster_to_image
@@ -34,11 +44,8 @@ def export_run(run: dict, fmt: str, dest: Path) -> Path:
     picture = pictures if run["poster"].dim() == 4 else pictures[0]
     patches = (extract_patches(picture, run["geometry"]) * 255).round().clamp(0, 255).to(torch.uint8)
     labels = run["y"]
-    # Write into a temporary folder beside dest, then swap it in: a stopped export leaves dest as it was.
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+
+    def fill(tmp: Path) -> None:
         soft = {}
         for k in range(patches.shape[0]):  # writing files one by one is inherent to an ImageFolder
             cls = run["classes"][int(labels[k].argmax())]
@@ -48,16 +55,9 @@ def export_run(run: dict, fmt: str, dest: Path) -> Path:
             Image.fromarray(arr if arr.shape[2] == 3 else arr[..., 0]).save(path)
             soft[f"{cls}/patch_{k:05d}.png"] = [round(float(v), 6) for v in labels[k]]
         atomic_write_json(tmp / "soft_labels.json", {"classes": run["classes"], "labels": soft})
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    if old.exists():
-        shutil.rmtree(old)
-    return dest
+        write_marker(tmp, "export", format=fmt, run=run_id)
+
+    return replace_folder(dest, fill)
 
 
 def _preprocessor(state: dict | None):

@@ -1,4 +1,4 @@
-"""Atomic file outputs: write to a temporary file in the same folder, then rename."""
+"""Atomic file outputs: write to a temporary file in the same folder, then rename (mode 0666 minus umask)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call write(tmp_path) then rename tmp_path onto path; the target is never half-written."""
     path = Path(path)
@@ -16,6 +30,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would give 0666 minus umask
         write(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -32,6 +32,8 @@ from .fast import resolve_backend
 from .models import make_model, set_backend
 from .poddl import PosterLabels
 from .poster import PosterGeometry, init_from_images, init_poster, make_geometry
+from .safety import check_run_out, load_torch_file, read_run_config, resume_changes, start_run
+from .validate import check_patches_fit
 
 METRIC_FIELDS = ("step", "loss", "grad_norm", "curriculum", "seconds")
 
@@ -44,10 +46,13 @@ def geometry_from_config(cfg: dict) -> PosterGeometry:
     if cfg.get("per_class_posters"):  # figure 9: one single-class poster of `ipc` images per class
         if cfg["label_kind"] != "fixed":
             raise PoddError("per-class posters carry fixed one-hot labels; set labels=fixed")
-        return make_geometry(cfg["ipc"], 1, tuple(cfg["image_size"]), (1, 1), tuple(cfg["patch_grid"]), size)
-    return make_geometry(
-        cfg["ipc"], cfg["n_classes"], tuple(cfg["image_size"]), tuple(cfg["class_grid"]), tuple(cfg["patch_grid"]), size
-    )
+        g = make_geometry(cfg["ipc"], 1, tuple(cfg["image_size"]), (1, 1), tuple(cfg["patch_grid"]), size)
+    else:
+        g = make_geometry(cfg["ipc"], cfg["n_classes"], tuple(cfg["image_size"]), tuple(cfg["class_grid"]),
+                          tuple(cfg["patch_grid"]), size)
+    check_patches_fit(g.n_patches * (cfg["n_classes"] if cfg.get("per_class_posters") else 1), 3, g.h, g.w,
+                      g.d_w, g.d_h, g.p_x, g.p_y)
+    return g
 
 
 def apply_backend(cfg: dict, device: str | torch.device = "cpu") -> dict:
@@ -216,6 +221,7 @@ def checkpoint_dict(st: OuterState) -> dict:
         "gen_device": str(st.gen.device),
         "history": list(st.history),
         "extras": {k: v.detach().cpu() for k, v in st.extras.items()},
+        "config": dict(st.config) if getattr(st, "config", None) else None,
     }
 
 
@@ -244,17 +250,6 @@ def metrics_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-COMPARED_KEYS = ("dataset", "ipc", "class_grid", "patch_grid", "poster_size", "label_kind", "init", "seed", "arch",
-                 "width", "depth", "window", "totwindow", "bs_d", "bs", "order", "algorithm", "sampling")
-
-
-def _check_resumable(cfg: dict, old: dict) -> None:
-    """Refuse to resume a run made with different settings (the step count may grow)."""
-    diff = [k for k in COMPARED_KEYS if old.get(k) != cfg.get(k)]
-    if diff:
-        raise PoddError(f"cannot resume: the run was made with different {', '.join(diff)}; use a new --out")
-
-
 def distill(
     cfg: dict,
     real,
@@ -268,19 +263,28 @@ def distill(
     """Run (or resume) PoDD for cfg['steps'] outer steps; stop_after simulates an interruption."""
     out = Path(out)
     ck_path = out / "checkpoint.pt"
-    if ck_path.exists() and not resume:
-        raise PoddError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
-    if resume and (out / "config.json").exists():
-        import json
-
-        _check_resumable(cfg, json.loads((out / "config.json").read_text()))
     cfg = apply_backend(cfg, device)  # config.json records the backend that ran
+    check_run_out(out, resume)
+    record = {**cfg, "order_grid": order}
+    ck = None
+    if resume:
+        ck = load_torch_file(ck_path, ("step", "poster", "opt", "history"))
+        old = ck.get("config") or read_run_config(out / "config.json")
+        changed = resume_changes(old, record)
+        if cfg["steps"] < ck["step"]:
+            raise PoddError(f"cannot resume: {ck_path} is at step {ck['step']}, beyond steps={cfg['steps']}")
+        resumes = list(old.get("resumes", []))
+        if changed:
+            resumes.append({"step": ck["step"], "changed": changed})
+        record = {**record, "resumes": resumes} if resumes else record
     channels = real.x_train.shape[1]
     pb = build_problem(cfg, order, channels, device, real, progress)
     st = initial_state(cfg, pb, channels, device, real)
-    if resume and ck_path.exists():
-        st = restore_state(st, torch.load(ck_path, map_location="cpu", weights_only=False))
-    atomic_write_json(out / "config.json", {**cfg, "order_grid": order, "geometry": pb.geom.to_dict()})
+    if ck is not None:
+        st = restore_state(st, ck)
+    st.config = record
+    start_run(out)
+    atomic_write_json(out / "config.json", {**record, "geometry": pb.geom.to_dict()})
     x_train, y_train = real.x_train.to(device), real.y_train.to(device)
     sampler = make_sampler(cfg, x_train, y_train, cfg["n_classes"])  # per-class posters: geom has 1 class
     from tqdm.auto import tqdm
@@ -334,15 +338,15 @@ def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> No
 
 def load_run(run: str | os.PathLike) -> dict:
     """A finished run's poster, patches and labels: {'x', 'y', 'poster', 'config', ...}."""
-    import json
-
     run = Path(run)
+    if not run.is_dir():
+        raise PoddError(f"run folder {run} does not exist" if not run.exists() else f"{run} is a file, not a run folder")
     for name in ("config.json", "poster.pt", "labels.pt"):
         if not (run / name).exists():
             raise PoddError(f"{run} is not a finished run: {name} is missing")
-    cfg = json.loads((run / "config.json").read_text())
-    P = torch.load(run / "poster.pt", map_location="cpu", weights_only=False)
-    L = torch.load(run / "labels.pt", map_location="cpu", weights_only=False)
+    cfg = read_run_config(run / "config.json")
+    P = load_torch_file(run / "poster.pt", ("poster", "geometry", "order", "classes", "preprocess"))
+    L = load_torch_file(run / "labels.pt", ("patch_labels", "Y"))
     geom = PosterGeometry(**{k: P["geometry"][k] for k in PosterGeometry.__dataclass_fields__})
     from .poster import extract_patches
 

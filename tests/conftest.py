@@ -21,8 +21,27 @@ CIFAR10_ZIP = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
 
 
 def _has_cifar10(root: Path) -> bool:
-    """True when root holds the ImageFolder copy cifar10/{train,test}/<class>/."""
-    return (root / "cifar10" / "train").is_dir() and (root / "cifar10" / "test").is_dir()
+    """True when root holds cifar10/{train,test}/<class>/ or torchvision's cifar10/cifar-10-batches-py/."""
+    folder = root / "cifar10"
+    return ((folder / "train").is_dir() and (folder / "test").is_dir()) or (folder / "cifar-10-batches-py").is_dir()
+
+
+def download_cache() -> Path:
+    """Where a clone without the shared copy keeps its downloaded CIFAR-10: $PODD_TEST_CACHE, else ~/.cache/podd-kit."""
+    return Path(os.environ.get("PODD_TEST_CACHE") or Path.home() / ".cache" / "podd-kit").expanduser()
+
+
+def download_cifar10(cache: Path) -> Path:
+    """Fetch CIFAR-10 through the kit's own loader (torchvision) into cache; one-line failure when offline."""
+    from podd_lib.data import load_raw
+    from podd_lib.errors import PoddError
+
+    try:
+        load_raw("cifar10", data_root=cache, download=True, train_per_class=1, test_per_class=1, cache=False)
+    except PoddError as e:
+        pytest.fail(f"real CIFAR-10 not found and could not be downloaded ({e}); set PODD_CIFAR10_ROOT to a data "
+                    f"root with cifar10/{{train,test}}/ or provide {CIFAR10_ZIP}", pytrace=False)
+    return cache
 
 
 def _unpack(zip_path: Path, dest: Path) -> Path:
@@ -51,7 +70,10 @@ def _scratch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A data root containing cifar10/{train,test}/<class>/*.jpg: $PODD_CIFAR10_ROOT, else the unpacked zip.
+    """A data root with CIFAR-10: $PODD_CIFAR10_ROOT, else the unpacked shared zip, else a download.
+
+    A clone without ../shared (and without PODD_CIFAR10_ROOT) downloads CIFAR-10 once through the
+    kit's loader into download_cache(); offline, the tests fail with one line saying what to set.
 
     The unpacked copy lives for the session and is removed at its end, so that its 60k files never
     land on a later pytest run's basetemp rotation (/tmp/pytest-of-<user> is shared by every run).
@@ -60,12 +82,13 @@ def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if env:
         root = Path(env).expanduser()
         if not _has_cifar10(root):
-            pytest.fail(f"PODD_CIFAR10_ROOT={env} has no cifar10/train and cifar10/test folders")
+            pytest.fail(f"PODD_CIFAR10_ROOT={env} has no cifar10/train and cifar10/test folders", pytrace=False)
         yield root
         return
     if not CIFAR10_ZIP.is_file():
-        pytest.fail(f"real CIFAR-10 not found: set PODD_CIFAR10_ROOT to a data root with cifar10/{{train,test}}/ "
-                    f"or provide {CIFAR10_ZIP}")
+        cache = download_cache()
+        yield cache if _has_cifar10(cache) else download_cifar10(cache)
+        return
     dest = _scratch_dir(tmp_path_factory)
     try:
         yield _unpack(CIFAR10_ZIP, dest)

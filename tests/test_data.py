@@ -214,7 +214,7 @@ def test_missing_data_is_one_line_with_path(tmp_path: Path, name: str, needle: s
     msg = str(info.value)
     assert "\n" not in msg and needle in msg
     if name.startswith("cifar"):
-        assert str(tmp_path / name) in msg and "--download" in msg and "{train,test}" in msg
+        assert str(tmp_path / name) in msg and "without --no-download" in msg and "{train,test}" in msg
 
 
 def test_unknown_dataset_lists_known_names(tmp_path: Path) -> None:

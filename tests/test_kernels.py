@@ -1,4 +1,4 @@
-"""The compiled CPU kernels of the fused ConvNet block (podd_lib/kernels.py): same maths as the PyTorch ops."""
+"""The compiled CPU kernels of the fused ConvNet block (podd_lib/fast/kernels.py): same maths as the PyTorch ops."""
 
 import pytest
 import torch

@@ -34,6 +34,7 @@ from podd_lib.errors import PoddError
 from podd_lib.data.cache import (CACHE_DIRNAME, CACHE_VERSION, _cache_path, _raw_key, _read_cache,  # noqa: F401
                                  _write_cache)
 from podd_lib.data.sources import (CIFAR10_CLASSES, DATASETS, IMAGE_EXTENSIONS, RawData, _known_names,  # noqa: F401
+                                   imagefolder_classes,
                                    _locate)
 from podd_lib.data.zca import (DEFAULT_ZCA_REG, MeanStd, Preprocessor, ZCA, fit_meanstd, fit_zca,  # noqa: F401
                                normalize_per_image, second_moment, to_display, window_offsets)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,26 @@ def _imagefolder_classes(root: Path, canonical: Sequence[str] | None, label: str
     return list(canonical)
 
 
+def _check_class_counts(root: Path, folders: Sequence[str], label: str) -> None:
+    """At least two classes, and every class with at least one training image."""
+    if len(folders) < 2:
+        raise PoddError(f"{label}: {root / 'train'} has only one class ({folders[0]}); a classifier needs at least 2")
+    empty = [f for f in folders if not _list_images(root / "train" / f)]
+    if empty:
+        raise PoddError(f"{label}: class folder(s) without training images in {root / 'train'}: {', '.join(empty[:5])}")
+
+
+def imagefolder_classes(name: str) -> list[str]:
+    """Class names of an imagefolder:PATH dataset, checked by listing folders only (no image decoded)."""
+    path = Path(name[len("imagefolder:"):]).expanduser()
+    if not str(path) or not _is_imagefolder(path):
+        raise PoddError(f"ImageFolder not found at {path} (expected {path}/train/<class>/<image> and "
+                        f"{path}/test/<class>/<image>)")
+    folders = _imagefolder_classes(path, None, "ImageFolder")
+    _check_class_counts(path, folders, "ImageFolder")
+    return folders
+
+
 def _fingerprint(*paths: Path) -> list[int]:
     """Modification times (ns) of the given paths, 0 when missing (part of cache keys)."""
     return [p.stat().st_mtime_ns if p.exists() else 0 for p in paths]
@@ -172,6 +193,7 @@ def _imagefolder_source(name: str, root: Path, size: tuple[int, int] | None,
     """Source for root/{train,test}/<class>/*."""
     def load(tpc: int | None, vpc: int | None, size: tuple[int, int] | None) -> RawData:
         folders = _imagefolder_classes(root, canonical, label)
+        _check_class_counts(root, folders, label)
         tr = _imagefolder_split(root / "train", folders, tpc)
         te = _imagefolder_split(root / "test", folders, vpc)
         if len(tr.paths) == 0 or len(te.paths) == 0:
@@ -192,16 +214,24 @@ def _cifar_source(name: str, root: Path, size: tuple[int, int], download: bool) 
         return _imagefolder_source(name, folder, size, canonical, label, display)
     batches = folder / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
     if not batches.is_dir() and not download:
-        raise PoddError(f"{label} not found in {folder}; run with --download or put an ImageFolder copy at "
+        raise PoddError(f"{label} not found in {folder}; run without --no-download or put an ImageFolder copy at "
                         f"{folder}/{{train,test}}/<class>/")
 
     def load(tpc: int | None, vpc: int | None, size: tuple[int, int]) -> RawData:
         import torchvision  # lazy: only needed for the pickled CIFAR release
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        created = folder  # the top-most folder a download would create: removed again if it fails
+        while not created.parent.exists():
+            created = created.parent
+        created = None if created.exists() else created
         try:
             tr = cls(str(folder), train=True, download=download)
             te = cls(str(folder), train=False, download=False)
-        except Exception as exc:
+        except BaseException as exc:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            if not isinstance(exc, Exception):
+                raise
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise PoddError(f"{label} could not be {'downloaded to' if download else 'read from'} {folder} "
                             f"({reason}); put an ImageFolder copy at {folder}/{{train,test}}/<class>/") from None
