@@ -19,9 +19,9 @@ from ..errors import PoddError
 from ..io import atomic_write_json
 
 _DATA_CACHE: dict[tuple, object] = {}
-# Not hashed into run keys. The last five change kernels and memory, not the maths.
+# Not hashed into run keys. The last six change kernels and memory, not the maths.
 VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs",
-            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels", "backend")
+            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels", "backend", "compile_steps")
 
 
 def config_key(cfg: dict) -> str:
