@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 from .errors import PoddError
-from .fast import BACKENDS
+from .fast import AUTOCAST, BACKENDS, COMPILE_MODES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -188,6 +188,14 @@ def check_algorithm(cfg: dict) -> None:
         raise PoddError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.get('backend')!r}")
     if cfg.get("backend") == "reference" and cfg.get("conv_dtype", "float32") != "float32":
         raise PoddError("conv_dtype=bfloat16 is a setting of the fast backend; use backend=fast or auto")
+    if cfg.get("autocast", "none") not in AUTOCAST:
+        raise PoddError(f"autocast must be one of {', '.join(AUTOCAST)}, got {cfg.get('autocast')!r}")
+    if cfg.get("autocast", "none") != "none" and (cfg.get("backend") == "fast" or cfg.get("conv_dtype", "float32") != "float32"
+                                                  or cfg["algorithm"] != "ratbptt"):
+        raise PoddError("autocast=bfloat16 runs RaT-BPTT on the reference layers; use backend=auto or reference, "
+                        "conv_dtype=float32 and algorithm=ratbptt")
+    if cfg.get("compile_steps", "none") not in COMPILE_MODES:
+        raise PoddError(f"compile_steps must be one of {', '.join(COMPILE_MODES)}, got {cfg.get('compile_steps')!r}")
     for key in ("channels_last", "fused_blocks", "cpu_kernels", "per_class_posters"):
         if not isinstance(cfg.get(key, False), bool):
             raise PoddError(f"{key} must be true or false, got {cfg.get(key)!r}")

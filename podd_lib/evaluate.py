@@ -14,7 +14,13 @@ the test set.
 Models with batch norm (running statistics are updated in place, which vmap cannot batch) are
 trained by a loop over models with the same maths, random draws and Adam; the result says so
 (`"vectorized": false`). `vectorize=False` forces that loop for any model (used by the tests to
-check that both paths agree).
+check that both paths agree). By default the models are stacked on CUDA only.
+
+The networks follow the config's speed-backend rule (`podd_lib.fast.resolve_backend`): "auto" is
+the fast path on the CPU (fused ConvNet blocks, channels-last batches in the loop over models) and
+PyTorch's reference layers in NCHW elsewhere. Under vmap the reference layers run either way. Two
+GPU levers are opt-in: `compile_steps` compiles the vmapped training step (CUDA only), `autocast`
+runs the forward passes in bfloat16 (it changes the numbers).
 
 Randomness: `eval_rng(seed, K)` derives K initialisation seeds and one CPU generator for batches
 and augmentation from `seed`, so the soft- and hard-label runs of one seed share initialisations,
@@ -40,8 +46,10 @@ from tqdm.auto import tqdm
 from podd_lib.algorithms.base import soft_cross_entropy
 from podd_lib.augment import augment, parse_strategy
 from podd_lib.errors import PoddError
+from podd_lib.fast import AUTOCAST, BACKENDS, COMPILE_MODES, resolve_backend
+from podd_lib.fast.compiled import autocast_context, compile_applies, vmapped_step, widened
 from podd_lib.io import atomic_write_json
-from podd_lib.models import is_vmappable, make_model, stacked_fresh
+from podd_lib.models import is_vmappable, make_model, set_backend, stacked_fresh
 from podd_lib.optim import adam_init, adam_step
 
 Params = dict[str, Tensor]
@@ -138,6 +146,14 @@ def _num_classes(y: Any, num_classes: int | None) -> int:
     return int(y.max()) + 1
 
 
+def _check_levers(backend: str, compile_steps: str, autocast: str) -> None:
+    """Raise PoddError on an unknown backend, compile mode or autocast name."""
+    for name, value, allowed in (("backend", backend, BACKENDS), ("compile_steps", compile_steps, COMPILE_MODES),
+                                 ("autocast", autocast, AUTOCAST)):
+        if value not in allowed:
+            raise PoddError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def _check_common(bs: int, lr: float, num_models: int, augmentation: str, aug_mode: str) -> None:
     """Raise PoddError on a bad batch size, learning rate, model count or augmentation."""
     if int(bs) < 1 or not (float(lr) > 0) or int(num_models) < 1:
@@ -164,11 +180,13 @@ def _model_fn(arch: str, channels: int, num_classes: int, im_size: tuple[int, in
 
 # ---------------------------------------------------------------- one training step, two ways
 
-def _vmapped_grads(base: nn.Module, params: Params, buffers: Params, xb: Tensor, yb: Tensor
-                   ) -> tuple[Params, Tensor]:
-    """Per-model gradients and losses of K stacked models in one vmapped pass."""
+def _vmapped_grads(base: nn.Module, params: Params, buffers: Params, xb: Tensor, yb: Tensor,
+                   autocast: str = "none", channels_last: bool = False) -> tuple[Params, Tensor]:
+    """Per-model gradients and losses of K stacked models in one vmapped pass (vmap keeps NCHW)."""
     def loss_one(p: Params, b: Params, x: Tensor, y: Tensor) -> Tensor:
-        return soft_cross_entropy(functional_call(base, (p, b), (x,)), y)
+        with autocast_context(autocast, x.device.type):
+            logits = functional_call(base, (p, b), (x,))
+        return soft_cross_entropy(widened(logits), y)
     grads, loss = vmap(grad_and_value(loss_one))(params, buffers, xb, yb)
     return grads, loss
 
@@ -178,20 +196,23 @@ def _vmapped_grads(base: nn.Module, params: Params, buffers: Params, xb: Tensor,
 CHANNELS_LAST = True
 
 
-def _layout(x: Tensor) -> Tensor:
-    """x in channels-last memory for 4-D image batches when CHANNELS_LAST, else x."""
-    return x.contiguous(memory_format=torch.channels_last) if CHANNELS_LAST and x.dim() == 4 else x
+def _layout(x: Tensor, channels_last: bool = True) -> Tensor:
+    """x in channels-last memory for 4-D image batches when CHANNELS_LAST and channels_last, else x."""
+    on = CHANNELS_LAST and channels_last and x.dim() == 4
+    return x.contiguous(memory_format=torch.channels_last) if on else x
 
 
-def _sequential_grads(base: nn.Module, params: Params, buffers: Params, xb: Tensor, yb: Tensor
-                      ) -> tuple[Params, Tensor]:
+def _sequential_grads(base: nn.Module, params: Params, buffers: Params, xb: Tensor, yb: Tensor,
+                      autocast: str = "none", channels_last: bool = True) -> tuple[Params, Tensor]:
     """Same as _vmapped_grads by a loop over models; batch-norm buffers are updated in place."""
     names = list(params)
     per_model, losses = [], []
     for k in range(xb.shape[0]):
         p = {n: params[n][k].detach().requires_grad_() for n in names}
         b = {n: t[k] for n, t in buffers.items()}  # views: running stats update the stack
-        loss = soft_cross_entropy(functional_call(base, (p, b), (_layout(xb[k]),)), yb[k])
+        with autocast_context(autocast, xb.device.type):
+            logits = functional_call(base, (p, b), (_layout(xb[k], channels_last),))
+        loss = soft_cross_entropy(widened(logits), yb[k])
         per_model.append(torch.autograd.grad(loss, [p[n] for n in names]))
         losses.append(loss.detach())
     grads = {n: torch.stack([g[i] for g in per_model]) for i, n in enumerate(names)}
@@ -200,8 +221,8 @@ def _sequential_grads(base: nn.Module, params: Params, buffers: Params, xb: Tens
 
 @torch.no_grad()
 def models_accuracy(base: nn.Module, params: Params, buffers: Params, x_test: Tensor,
-                    y_test: Tensor, vectorized: bool, chunk_images: int = 2048) -> Tensor:
-    """(K,) test accuracies in % of K stacked models, evaluated in chunks (eval mode)."""
+                    y_test: Tensor, vectorized: bool, chunk_images: int = 2048, channels_last: bool = True) -> Tensor:
+    """(K,) test accuracies in % of K stacked models, evaluated in chunks (eval mode, float32)."""
     k = next(iter(params.values())).shape[0]
     device = next(iter(params.values())).device
     chunk = max(1, chunk_images // k)
@@ -214,7 +235,7 @@ def models_accuracy(base: nn.Module, params: Params, buffers: Params, x_test: Te
             if vectorized:
                 logits = vmap(fwd, in_dims=(0, 0, None))(params, buffers, xc)
             else:
-                xc = _layout(xc)
+                xc = _layout(xc, channels_last)
                 logits = torch.stack([fwd({n: t[m] for n, t in params.items()},
                                           {n: t[m] for n, t in buffers.items()}, xc)
                                       for m in range(k)])
@@ -230,12 +251,15 @@ def _train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
                   model_fn: Callable[[], nn.Module], num_models: int, eval_steps: tuple[int, ...],
                   batch: int, lr: float, augmentation: str, aug_mode: str, seed: int,
                   device: torch.device, progress: bool, vectorize: bool | None, epochs_mode: bool,
-                  desc: str, return_params: bool) -> dict:
+                  desc: str, return_params: bool, backend: str = "auto", compile_steps: str = "none",
+                  autocast: str = "none") -> dict:
     """Train K fresh models on (x, y), test at eval_steps; inputs are already validated."""
     t0 = time.perf_counter()
     init_seeds, g = eval_rng(seed, num_models)
     with torch.device("meta"):  # structure only; does not touch the global RNG
         base = model_fn()
+    backend = resolve_backend(backend, str(device), autocast=autocast)
+    set_backend(base, backend == "fast")
     # vmap pays on a GPU; on the CPU it turns each conv into a grouped conv over strided tensors
     # and measured 2.6x slower than a loop over models (benchmarks/bench_eval_vmap.py), so by
     # default the K models are stacked only on CUDA. Both paths compute the same thing (tested).
@@ -252,7 +276,10 @@ def _train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
     bs = min(batch, n)
     perm, pos = None, n  # epoch sampler state
     by_step, losses = [], None
-    step_fn = _vmapped_grads if vectorized else _sequential_grads
+    grads_fn = _vmapped_grads if vectorized else _sequential_grads
+    compiled = (vmapped_step(base, lr, autocast, compile_steps)
+                if vectorized and compile_applies(compile_steps, device) else None)
+    fast = backend == "fast"
     bar = tqdm(total=eval_steps[-1], desc=desc, disable=not _progress_on(progress), leave=False)
     for step in range(1, eval_steps[-1] + 1):
         if epochs_mode:
@@ -263,11 +290,14 @@ def _train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
             idx = random_batches(n, k, bs, g)
         idx = idx.to(device)
         xb = augment(x[idx], augmentation, g, mode=aug_mode)
-        grads, losses = step_fn(base, params, buffers, xb, y[idx])
-        params, state = adam_step(params, grads, state, lr)
+        if compiled is not None:
+            params, state, losses = compiled(params, buffers, state, xb, y[idx])
+        else:
+            grads, losses = grads_fn(base, params, buffers, xb, y[idx], autocast, fast)
+            params, state = adam_step(params, grads, state, lr)
         bar.update(1)
         if step in eval_steps:
-            acc = models_accuracy(base, params, buffers, x_test, y_test, vectorized)
+            acc = models_accuracy(base, params, buffers, x_test, y_test, vectorized, channels_last=fast)
             m, s = mean_std(acc)
             by_step.append({"step": step, "acc_pct": acc.tolist(), "mean_pct": m, "std_pct": s,
                             "train_loss": losses.detach().cpu().double().tolist()})
@@ -276,6 +306,7 @@ def _train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
     result = {
         "vectorized": vectorized,
         "training": "vmap over stacked models" if vectorized else "loop over models",
+        "backend": backend, "compile_steps": compile_steps if compiled is not None else "none", "autocast": autocast,
         "num_models": k, "batch_size": bs, "init_seeds": init_seeds,
         "std": STD_NOTE, "by_step": by_step,
         "final": {key: by_step[-1][key] for key in ("step", "mean_pct", "std_pct")},
@@ -307,6 +338,9 @@ def train_and_test(
     aug_mode: str = "single",
     vectorize: bool | None = None,
     return_params: bool = False,
+    backend: str = "auto",
+    compile_steps: str = "none",
+    autocast: str = "none",
 ) -> dict:
     """Train K fresh networks on (x_syn, y_syn) and report test accuracy (%) at each of `steps`.
 
@@ -323,6 +357,7 @@ def train_and_test(
     y_test = _check_int_labels("y_test", y_test, x_test.shape[0], num_classes)
     eval_steps = _check_steps(steps)
     _check_common(bs_d, lr, num_models, augmentation, aug_mode)
+    _check_levers(backend, compile_steps, autocast)
     dev = _device(device)
     c, h, w = x_syn.shape[1:]
     model_fn = _model_fn(arch, c, num_classes, (h, w), arch_kwargs)
@@ -331,7 +366,8 @@ def train_and_test(
                         int(bs_d), float(lr), augmentation, aug_mode, int(seed), dev, progress,
                         vectorize, epochs_mode=False,
                         desc=f"eval {arch} {'hard' if hard_labels else 'soft'}",
-                        return_params=return_params)
+                        return_params=return_params, backend=backend, compile_steps=compile_steps,
+                        autocast=autocast)
     return {"labels": "hard (one-hot argmax)" if hard_labels else "soft (as given)", **out}
 
 
@@ -368,6 +404,7 @@ def evaluate_distilled(
     with_hard_labels: bool = True,
     aug_mode: str = "single",
     vectorize: bool | None = None,
+    backend: str = "auto",
 ) -> dict:
     """The paper's protocol on a distilled set: {"protocol", "soft", "hard"} (hard None if skipped).
 
@@ -395,7 +432,7 @@ def evaluate_distilled(
     }
     kw = dict(arch=arch, num_models=num_models, steps=steps, bs_d=bs_d, lr=lr,
               augmentation=augmentation, seed=seed, arch_kwargs=arch_kwargs, device=device,
-              progress=progress, aug_mode=aug_mode, vectorize=vectorize)
+              progress=progress, aug_mode=aug_mode, vectorize=vectorize, backend=backend)
     soft = train_and_test(x_syn, y_syn, real.x_test, real.y_test, hard_labels=False, **kw)
     hard = (train_and_test(x_syn, y_syn, real.x_test, real.y_test, hard_labels=True, **kw)
             if with_hard_labels else None)

@@ -64,6 +64,31 @@ def adam_step(
     return new_p, AdamState(new_m, new_v, t)
 
 
+def adam_step_t(
+    params: Params,
+    grads: Params,
+    m: Params,
+    v: Params,
+    t: Tensor,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> tuple[Params, Params, Params]:
+    """`adam_step` with the new step count t as a 0-d float64 tensor: one compiled program serves every step."""
+    b1, b2 = betas
+    step_size = lr / (1 - b1**t)
+    bc2_sqrt = torch.sqrt(1 - b2**t)
+    new_p, new_m, new_v = {}, {}, {}
+    for k, p in params.items():
+        g = grads[k]
+        mk = m[k] * b1 + g * (1 - b1)
+        vk = v[k] * b2 + g * g * (1 - b2)
+        denom = vk.clamp_min(_TINY).sqrt() / bc2_sqrt.to(p.dtype) + eps
+        new_p[k] = p - step_size.to(p.dtype) * mk / denom
+        new_m[k], new_v[k] = mk, vk
+    return new_p, new_m, new_v
+
+
 def detach_state(state: AdamState) -> AdamState:
     """Cut the graph of the moments (after the plain, non-differentiable steps)."""
     return AdamState(

@@ -29,6 +29,7 @@ from .algorithms import REGISTRY
 from .algorithms.base import OuterSettings, OuterState, RealSampler, make_outer_state, outer_step, reinit_params
 from .algorithms.ratbptt import RatBpttSettings
 from .fast import resolve_backend
+from .fast.compiled import compile_applies
 from .models import make_model, set_backend
 from .poddl import PosterLabels
 from .poster import PosterGeometry, init_from_images, init_poster, make_geometry
@@ -56,11 +57,17 @@ def geometry_from_config(cfg: dict) -> PosterGeometry:
 
 
 def apply_backend(cfg: dict, device: str | torch.device = "cpu") -> dict:
-    """The config with its speed backend resolved for device; "reference" turns the fast path's keys off."""
-    backend = resolve_backend(cfg.get("backend", "auto"), str(device), cfg.get("conv_dtype", "float32"))
+    """The config with its speed backend resolved for device; "reference" turns the fast path's keys off.
+
+    compile_steps becomes "none" where it compiles nothing (not CUDA, or not RaT-BPTT), so config.json says what ran.
+    """
+    backend = resolve_backend(cfg.get("backend", "auto"), str(device), cfg.get("conv_dtype", "float32"),
+                              cfg.get("autocast", "none"))
     cfg = {**cfg, "backend": backend}
     if backend == "reference":
         cfg.update(fused_blocks=False, channels_last=False, cpu_kernels=False)
+    if "compile_steps" in cfg and not (compile_applies(cfg["compile_steps"], device) and cfg.get("algorithm") == "ratbptt"):
+        cfg["compile_steps"] = "none"
     return cfg
 
 
@@ -68,7 +75,8 @@ def settings_from_config(cfg: dict) -> RatBpttSettings:
     """The RaT-BPTT settings of a config."""
     keys = ("window", "totwindow", "minwindow", "inner_lr", "lr", "bs_d", "bs", "syn_aug", "real_aug")
     return RatBpttSettings(**{k: cfg[k] for k in keys}, fixed_curriculum=cfg.get("fixed_curriculum"),
-                           real_chunk=int(cfg.get("real_chunk", 0)), channels_last=bool(cfg.get("channels_last", False)))
+                           real_chunk=int(cfg.get("real_chunk", 0)), channels_last=bool(cfg.get("channels_last", False)),
+                           autocast=cfg.get("autocast", "none"), compile_steps=cfg.get("compile_steps", "none"))
 
 
 def adapt_config_to_data(cfg: dict, real) -> dict:

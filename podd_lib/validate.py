@@ -90,6 +90,8 @@ class ConfigSchema(BaseModel):
     conv_dtype: Literal["float32", "bfloat16"] = "float32"
     cpu_kernels: StrictBool = True
     backend: Literal["auto", "fast", "reference"] = "auto"
+    autocast: Literal["none", "bfloat16"] = "none"
+    compile_steps: Literal["none", "default", "reduce-overhead"] = "none"
     fixed_curriculum: Optional[NonNegative] = None
     device: Optional[StrictStr] = None
     progress: Optional[StrictBool] = None

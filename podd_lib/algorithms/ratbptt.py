@@ -26,6 +26,7 @@ from torch.func import functional_call
 
 from ..augment import augment
 from ..errors import PoddError
+from ..fast.compiled import autocast_context, compile_applies, plain_step, widened
 from ..optim import AdamState, Params, adam_init, adam_step, detach_state
 from ..poddl import PosterLabels
 from ..poster import PosterGeometry
@@ -52,6 +53,8 @@ class RatBpttSettings:
     fixed_curriculum: int | None = None  # benchmarks only: always c plain steps
     real_chunk: int = 128  # >0: the real batch's gradient in chunks of this many images (same maths, less memory)
     channels_last: bool = True  # run the network on channels-last batches (same maths, other kernels)
+    autocast: str = "none"  # "bfloat16": forward passes under torch.autocast (changes the numbers)
+    compile_steps: str = "none"  # "default" | "reduce-overhead": the plain steps compiled (CUDA only)
 
     def __post_init__(self) -> None:
         """Reject settings that make no curriculum."""
@@ -91,8 +94,13 @@ def inner_steps(
     n_steps: int,
     gen: torch.Generator,
     differentiable: bool,
+    step_fn=None,
 ) -> tuple[Params, AdamState]:
-    """n_steps of inner Adam on patch batches; with a graph back to poster and Y if differentiable."""
+    """n_steps of inner Adam on patch batches; with a graph back to poster and Y if differentiable.
+
+    step_fn: a compiled plain step (`fast.compiled.plain_step`) for the steps without a graph.
+    """
+    compiled = step_fn is not None and not differentiable
     for _ in range(n_steps):
         x, y = patch_batch(poster, Y, labels, geom, s.bs_d, gen)
         if not differentiable:
@@ -100,17 +108,23 @@ def inner_steps(
         x = augment(x, s.syn_aug, gen)
         if s.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = soft_cross_entropy(functional_call(model, params, (x,)), y)
+        if compiled:
+            params, state = step_fn(params, state, x, y)
+            continue
+        with autocast_context(s.autocast, x.device.type):
+            loss = soft_cross_entropy(widened(functional_call(model, params, (x,))), y)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable)
         params, state = adam_step(params, dict(zip(params, grads)), state, s.inner_lr)
         if not differentiable:
             params = {k: p.detach().requires_grad_(True) for k, p in params.items()}
             state = detach_state(state)
+    if compiled:
+        params = {k: p.detach().requires_grad_(True) for k, p in params.items()}
     return params, state
 
 
-def real_loss_grad_chunked(model: nn.Module, params: Params, x: Tensor, y: Tensor, chunk: int
-                           ) -> tuple[Tensor, Params]:
+def real_loss_grad_chunked(model: nn.Module, params: Params, x: Tensor, y: Tensor, chunk: int,
+                           autocast: str = "none") -> tuple[Tensor, Params]:
     """Mean cross-entropy on (x, y) and its gradient in params, summed over chunks of `chunk` images.
 
     The real batch's activations then never exist all at once; the outer backward continues from
@@ -121,8 +135,9 @@ def real_loss_grad_chunked(model: nn.Module, params: Params, x: Tensor, y: Tenso
     total = x.new_zeros(())
     grads = {k: torch.zeros_like(p) for k, p in leaf.items()}
     for i in range(0, x.shape[0], chunk):
-        part = F.cross_entropy(functional_call(model, leaf, (x[i : i + chunk],)), y[i : i + chunk],
-                               reduction="sum") / x.shape[0]
+        with autocast_context(autocast, x.device.type):
+            logits = functional_call(model, leaf, (x[i : i + chunk],))
+        part = F.cross_entropy(widened(logits), y[i : i + chunk], reduction="sum") / x.shape[0]
         for k, g in zip(leaf, torch.autograd.grad(part, list(leaf.values()))):
             grads[k] += g
         total = total + part.detach()
@@ -136,6 +151,15 @@ class RatBptt(PosterOnly):
 
     def __init__(self, model: nn.Module, s: RatBpttSettings):
         self.model, self.s = model, s
+        self._plain_step = None  # the compiled plain step, built on first use where compile_steps applies
+
+    def plain_step_fn(self, device: torch.device):
+        """The compiled plain inner step when compile_steps applies on device, else None (eager steps)."""
+        if not compile_applies(self.s.compile_steps, device):
+            return None
+        if self._plain_step is None:
+            self._plain_step = plain_step(self.model, self.s.inner_lr, self.s.autocast, self.s.compile_steps)
+        return self._plain_step
 
     def meta_loss(self, syn: SyntheticSet, real: RealSampler, gen: torch.Generator, step: int) -> tuple[Tensor, dict]:
         """Unroll a fresh network on patches (c plain + window differentiable steps); loss on a real batch."""
@@ -143,7 +167,8 @@ class RatBptt(PosterOnly):
         params = reinit_params(model, gen)
         state = adam_init({k: p.detach() for k, p in params.items()})
         c = sample_curriculum(s, gen)
-        params, state = inner_steps(model, params, state, syn.poster, syn.Y, syn.labels, syn.geom, s, c, gen, False)
+        params, state = inner_steps(model, params, state, syn.poster, syn.Y, syn.labels, syn.geom, s, c, gen, False,
+                                    self.plain_step_fn(syn.poster.device))
         params, state = inner_steps(model, params, state, syn.poster, syn.Y, syn.labels, syn.geom, s, s.window, gen,
                                     True)
         detached = {k: p.detach() for k, p in params.items()}
@@ -152,11 +177,12 @@ class RatBptt(PosterOnly):
         if s.channels_last:
             xr = xr.contiguous(memory_format=torch.channels_last)
         if s.real_chunk and xr.shape[0] > s.real_chunk:
-            loss, grads = real_loss_grad_chunked(model, detached, xr, yr, s.real_chunk)
+            loss, grads = real_loss_grad_chunked(model, detached, xr, yr, s.real_chunk, s.autocast)
             surrogate = sum((params[k] * grads[k]).sum() for k in params)  # d surrogate / d theta_T = dL / d theta_T
             return surrogate, {"curriculum": c, "loss": float(loss)}
-        loss = F.cross_entropy(functional_call(model, params, (xr,)), yr)
-        return loss, {"curriculum": c}
+        with autocast_context(s.autocast, xr.device.type):
+            logits = functional_call(model, params, (xr,))
+        return F.cross_entropy(widened(logits), yr), {"curriculum": c}
 
 
 def outer_step(

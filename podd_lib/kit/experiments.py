@@ -22,7 +22,8 @@ _DATA_CACHE: dict[tuple, object] = {}
 # Not hashed into run keys: bookkeeping, speed settings that change kernels and memory but not the maths,
 # and where the data lives.
 VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs",
-            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels", "backend", "data_root")
+            "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels", "backend", "compile_steps",
+            "data_root")
 
 
 def config_key(cfg: dict) -> str:
