@@ -61,6 +61,7 @@ PY
 ) || exit 2
 [ "$PORT" != 0 ] || die "no free port in 8888-8987 on 127.0.0.1; pick one with --port"
 
+[ "$(id -u)" != 0 ] || EXTRA+=(--allow-root)  # containers often run as root
 URL="http://127.0.0.1:$PORT/lab/tree/notebooks?token=$TOKEN"
 echo "lab: profile ${PODD_PROFILE:-quick} (the notebooks' default), data root $PODD_DATA_ROOT"
 echo "lab: open $URL"

@@ -128,7 +128,8 @@ def lab(tmp_path: Path, cifar10_root: Path) -> Iterator[dict]:
     log = (tmp_path / "lab.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
+        + (["--allow-root"] if os.geteuid() == 0 else []),
         cwd=root, env=server_env(tmp_path, cifar10_root), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -137,12 +138,30 @@ def lab(tmp_path: Path, cifar10_root: Path) -> Iterator[dict]:
         while not http_ok(f"{base}/api/status?token={token}"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = (tmp_path / "lab.log").read_text(errors="replace")[-2000:]
-                pytest.fail(f"JupyterLab did not start within {SERVER_START_S} s (exit {proc.poll()}):\n{tail}")
+                why = f"exited with status {proc.poll()}" if proc.poll() is not None else f"not up after {SERVER_START_S} s"
+                pytest.fail(f"JupyterLab {why}; its log ends:\n{tail}")
             time.sleep(0.5)
         yield {"base": base, "token": token, "root": root, "log": tmp_path / "lab.log"}
     finally:
         stop(proc, f"{base}/api/shutdown?token={token}")
         log.close()
+
+
+def run_all_cells(page, timeout_s: float = 60) -> None:
+    """Run > Run All Cells, once the command is enabled (it is until the notebook is the current widget)."""
+    page.locator(".jp-NotebookPanel .jp-Cell .jp-InputPrompt").first.click()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        page.click(".lm-MenuBar-item:has-text('Run')")
+        item = page.locator(".lm-Menu-item[data-command='runmenu:run-all']")
+        item.wait_for()
+        if "lm-mod-disabled" not in (item.get_attribute("class") or ""):
+            item.click()
+            return
+        page.keyboard.press("Escape")
+        if time.monotonic() > deadline:
+            pytest.fail(f"Run All Cells stayed disabled for {timeout_s:.0f} s")
+        page.wait_for_timeout(1000)
 
 
 def saved_outputs(path: Path, timeout_s: float = 60) -> list[dict]:
@@ -173,6 +192,7 @@ def chromium() -> str:
 
 
 def test_quickstart_runs_in_jupyterlab_in_a_real_browser(chromium: str, lab: dict) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     url = f"{lab['base']}/lab/tree/notebooks/{NOTEBOOK}?token={lab['token']}"
@@ -184,9 +204,12 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(chromium: str, lab: dic
             page.set_default_timeout(PAGE_LOAD_S * 1000)
             page.goto(url)
             page.wait_for_selector(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")
-            page.click(".lm-MenuBar-item:has-text('Run')")
-            page.click(".lm-Menu-item[data-command='notebook:run-all-cells']")
-            page.wait_for_function(DONE_JS, timeout=RUN_ALL_S * 1000, polling=1000)
+            run_all_cells(page)
+            try:
+                page.wait_for_function(DONE_JS, timeout=RUN_ALL_S * 1000, polling=1000)
+            except PlaywrightTimeout:
+                prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+                pytest.fail(f"the notebook did not finish within {RUN_ALL_S} s; cell prompts: {prompts}")
 
             tracebacks = page.locator(".jp-OutputArea-output", has_text="Traceback")
             assert tracebacks.count() == 0, "a cell failed in the browser:\n" + tracebacks.first.inner_text()[-1500:]
@@ -207,7 +230,8 @@ def test_quickstart_runs_in_jupyterlab_in_a_real_browser(chromium: str, lab: dic
             height = page.evaluate("() => Math.max(...[...document.querySelectorAll('.jp-NotebookPanel-notebook, "
                                    ".jp-WindowedPanel-inner')].map(e => e.scrollHeight))")
             page.set_viewport_size({"width": 1280, "height": min(int(height) + 200, 12000)})
-            page.wait_for_timeout(500)
+            page.evaluate("() => document.querySelectorAll('.jp-WindowedPanel-outer').forEach(e => { e.scrollTop = 0; })")
+            page.wait_for_timeout(1000)
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             tmp = SCREENSHOT.with_name(f".{SCREENSHOT.name}.{os.getpid()}.tmp.png")
             page.screenshot(path=str(tmp))
