@@ -45,6 +45,14 @@ LAB_SETTINGS = {
                                                                         "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
 }
+# The status bar reads "<kernel name> | Idle" once the page's kernel connection is up.
+KERNEL_IDLE_JS = """() => [...document.querySelectorAll('.jp-StatusBar-TextItem')]
+  .some(e => /\\| Idle$/.test(e.textContent.trim()))"""
+# The first code cell is running, queued or done.
+STARTED_JS = """() => {
+  const p = document.querySelector('.jp-CodeCell .jp-InputArea-prompt');
+  return p !== null && /^\\[(\\*|\\d+)\\]:$/.test(p.textContent.trim());
+}"""
 # True once Run All has finished: every code cell numbered, or a traceback on the page.
 DONE_JS = """() => {
   const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent.trim());
@@ -147,8 +155,8 @@ def lab(tmp_path: Path, cifar10_root: Path) -> Iterator[dict]:
         log.close()
 
 
-def run_all_cells(page, timeout_s: float = 60) -> None:
-    """Run > Run All Cells, once the command is enabled (it is until the notebook is the current widget)."""
+def click_run_all(page, timeout_s: float) -> None:
+    """Run > Run All Cells, once the command is enabled (it is not until the notebook is the current widget)."""
     page.locator(".jp-NotebookPanel .jp-Cell .jp-InputPrompt").first.click()
     deadline = time.monotonic() + timeout_s
     while True:
@@ -162,6 +170,21 @@ def run_all_cells(page, timeout_s: float = 60) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"Run All Cells stayed disabled for {timeout_s:.0f} s")
         page.wait_for_timeout(1000)
+
+
+def run_all_cells(page, tries: int = 3, start_s: float = 60) -> None:
+    """Run All once the kernel is connected; click again if the first code cell has not started after start_s."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.wait_for_function(KERNEL_IDLE_JS, polling=500)
+    for _ in range(tries):
+        click_run_all(page, start_s)
+        try:
+            page.wait_for_function(STARTED_JS, timeout=start_s * 1000, polling=500)
+            return
+        except PlaywrightTimeout:
+            continue
+    pytest.fail(f"Run All Cells did not start the first code cell in {tries} tries of {start_s:.0f} s")
 
 
 def saved_outputs(path: Path, timeout_s: float = 60) -> list[dict]:
