@@ -11,6 +11,7 @@ executed notebook to outputs/smoke/browser/quickstart.png. Deselect with `-m "no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -23,11 +24,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from podd_lib.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 pytestmark = [pytest.mark.browser, pytest.mark.realdata, pytest.mark.slow]
 
@@ -127,8 +131,8 @@ def stop(proc: subprocess.Popen, base: str) -> None:
             continue
 
 
-@pytest.fixture
-def lab(tmp_path: Path, cifar10_root: Path) -> Iterator[dict]:
+@contextlib.contextmanager
+def jupyter_lab(tmp_path: Path, data_root: Path) -> Iterator[dict]:
     """A JupyterLab server on 127.0.0.1 serving lab_root; always shut down and killed afterwards."""
     root = lab_root(tmp_path)
     port, token = free_port(), secrets.token_hex(16)
@@ -138,7 +142,7 @@ def lab(tmp_path: Path, cifar10_root: Path) -> Iterator[dict]:
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"]
         + (["--allow-root"] if os.geteuid() == 0 else []),
-        cwd=root, env=server_env(tmp_path, cifar10_root), stdout=log, stderr=subprocess.STDOUT,
+        cwd=root, env=server_env(tmp_path, data_root), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -155,7 +159,7 @@ def lab(tmp_path: Path, cifar10_root: Path) -> Iterator[dict]:
         log.close()
 
 
-def click_run_all(page, timeout_s: float) -> None:
+def click_run_all(page: Page, timeout_s: float) -> None:
     """Run > Run All Cells, once the command is enabled (it is not until the notebook is the current widget)."""
     page.locator(".jp-NotebookPanel .jp-Cell .jp-InputPrompt").first.click()
     deadline = time.monotonic() + timeout_s
@@ -172,7 +176,7 @@ def click_run_all(page, timeout_s: float) -> None:
         page.wait_for_timeout(1000)
 
 
-def run_all_cells(page, tries: int = 3, start_s: float = 60) -> None:
+def run_all_cells(page: Page, tries: int = 3, start_s: float = 60) -> None:
     """Run All once the kernel is connected; click again if the first code cell has not started after start_s."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -201,7 +205,6 @@ def saved_outputs(path: Path, timeout_s: float = 60) -> list[dict]:
     pytest.fail(f"the notebook was not saved with every cell executed within {timeout_s:.0f} s")
 
 
-@pytest.fixture
 def chromium() -> str:
     """The browser's path; without Playwright or a Chromium the test fails at once, saying what to install."""
     try:
@@ -214,13 +217,14 @@ def chromium() -> str:
     return path
 
 
-def test_quickstart_runs_in_jupyterlab_in_a_real_browser(chromium: str, lab: dict) -> None:
+def test_quickstart_runs_in_jupyterlab_in_a_real_browser(tmp_path: Path, cifar10_root: Path) -> None:
+    executable = chromium()
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    url = f"{lab['base']}/lab/tree/notebooks/{NOTEBOOK}?token={lab['token']}"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True,
+    with jupyter_lab(tmp_path, cifar10_root) as lab, sync_playwright() as pw:
+        url = f"{lab['base']}/lab/tree/notebooks/{NOTEBOOK}?token={lab['token']}"
+        browser = pw.chromium.launch(executable_path=executable, headless=True,
                                      args=["--disable-dev-shm-usage", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
