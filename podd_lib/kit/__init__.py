@@ -6,6 +6,7 @@
   tables      -- results tables: ours beside the paper's numbers, with the delta and the command
   plots       -- the notebooks' figures, saved as PNG and PDF
   report      -- results files and outputs/report.md (and .html) built from them
+  explore     -- the patch explorer: one patch of a poster, its crop, soft label and class areas
   claims      -- the paper's claims, each decided from results by one stated rule
   paper       -- the numbers the paper reports, as data
 """
