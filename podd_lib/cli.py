@@ -196,6 +196,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+PROFILE_CHOICES = ("smoke", "quick", "paper", "paper-text")  # config.PROFILES, without importing torch for --help
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `podd`."""
     p = argparse.ArgumentParser(prog="podd", description="PoDD: distill a dataset into one poster.")
@@ -204,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser, need_dataset: bool = True) -> None:
         sp.add_argument("--dataset", required=need_dataset, help="cifar10, cifar100, cub200, tinyimagenet or imagefolder:PATH")
         sp.add_argument("--ipc", type=float, default=None, help="images per class budget (default: the config's)")
-        sp.add_argument("--profile", default="paper", choices=("smoke", "quick", "paper"))
+        sp.add_argument("--profile", default="paper", choices=PROFILE_CHOICES,
+                        help="paper: the authors' release; paper-text: the paper's text; quick, smoke: reduced")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
         sp.add_argument("--labels", choices=("fixed", "learned", "auto"))
         sp.add_argument("--patches", metavar="PXxPY", help="patch grid, e.g. 16x6")
