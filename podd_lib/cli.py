@@ -312,6 +312,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+PROFILE_CHOICES = ("smoke", "quick", "paper", "paper-text")  # config.PROFILES, without importing torch for --help
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `podd`."""
     p = Parser(prog="podd", description="PoDD: distill a dataset into one poster.", formatter_class=Help)
@@ -325,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cifar10, cifar100, cub200, tinyimagenet or imagefolder:PATH"
                         + ("" if need_dataset else " (default: none; baselines need it)"))
         sp.add_argument("--ipc", type=float, default=None, help="images per class budget (default: the config's)")
-        sp.add_argument("--profile", default=DEFAULT_PROFILE, choices=("smoke", "quick", "paper"),
-                        help=f"settings profile (default: {DEFAULT_PROFILE}, as in run_all.sh)")
+        sp.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_CHOICES,
+                        help=f"settings profile (default: {DEFAULT_PROFILE}, as in run_all.sh); paper: the authors' "
+                        "release; paper-text: the paper's text; quick, smoke: reduced")
         sp.add_argument("--config", metavar="FILE.toml",
                         help="TOML file of config overrides, key = value (default: none; --set wins over it)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",

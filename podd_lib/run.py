@@ -26,7 +26,8 @@ from .config import derive
 from .errors import PoddError
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .algorithms import REGISTRY
-from .algorithms.base import OuterSettings, OuterState, RealSampler, make_outer_state, outer_step, reinit_params
+from .algorithms.base import (EpochSampler, OuterSettings, OuterState, RealSampler, make_outer_state, outer_step,
+                              reinit_params)
 from .algorithms.ratbptt import RatBpttSettings
 from .fast import resolve_backend
 from .fast.compiled import compile_applies
@@ -76,7 +77,8 @@ def settings_from_config(cfg: dict) -> RatBpttSettings:
     keys = ("window", "totwindow", "minwindow", "inner_lr", "lr", "bs_d", "bs", "syn_aug", "real_aug")
     return RatBpttSettings(**{k: cfg[k] for k in keys}, fixed_curriculum=cfg.get("fixed_curriculum"),
                            real_chunk=int(cfg.get("real_chunk", 0)), channels_last=bool(cfg.get("channels_last", False)),
-                           autocast=cfg.get("autocast", "none"), compile_steps=cfg.get("compile_steps", "none"))
+                           autocast=cfg.get("autocast", "none"), compile_steps=cfg.get("compile_steps", "none"),
+                           curriculum_draw=cfg.get("curriculum_draw", "step"))
 
 
 def adapt_config_to_data(cfg: dict, real) -> dict:
@@ -148,11 +150,13 @@ def make_algorithm(cfg: dict, model: torch.nn.Module, s: RatBpttSettings, real=N
 
 
 def make_sampler(cfg: dict, x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int) -> RealSampler:
-    """Random real batches, or DREAM's representatives; per-class sampling checks every class has images now."""
+    """Random or epoch-walk real batches, or DREAM's; per-class sampling checks every class has images now."""
     if cfg["sampling"] == "dream":
         from .algorithms.dream import DreamSampler
 
         sampler = DreamSampler(x_train, y_train, n_classes, cfg["dream_interval"], cfg["dream_pool"], cfg["dream_iters"])
+    elif cfg.get("real_batches", "random") == "epochs":  # the release's walk over shuffled epochs
+        sampler = EpochSampler(x_train, y_train, n_classes, int(cfg["seed"]))
     else:
         sampler = RealSampler(x_train, y_train, n_classes)
     if cfg["sampling"] == "dream" or cfg["algorithm"] in ("dm", "dc"):
@@ -173,7 +177,7 @@ def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str 
         labels.table = labels.table.to(device)
     model = model_for(cfg, channels, device)
     s = settings_from_config(cfg)
-    outer = OuterSettings(clip_ema=s.clip_ema, clip_factor=s.clip_factor)
+    outer = OuterSettings(clip_ema=s.clip_ema, clip_factor=s.clip_factor, clip_order=cfg.get("clip_order", "text"))
     algo = make_algorithm(cfg, model, s, real, device, progress) if (real is not None or cfg["algorithm"] != "mtt") else None
     return Problem(geom, order, labels, model, s, algo, outer)
 

@@ -177,6 +177,9 @@ def resume_changes(old: dict, new: dict, before_data: bool = False) -> dict:
 
     before_data: skip the keys an ImageFolder run only learns from its data.
     """
+    from .config import algorithm_defaults
+
+    old = {**algorithm_defaults(), **old}  # a run made before a setting existed ran that setting's default
     skip = RECORDED | (FROM_DATA if before_data else frozenset())
     keys = [k for k in dict.fromkeys([*old, *new]) if k not in skip]
     diff = {k: [old.get(k), new.get(k)] for k in keys if old.get(k) != new.get(k)}

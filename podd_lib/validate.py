@@ -92,6 +92,9 @@ class ConfigSchema(BaseModel):
     backend: Literal["auto", "fast", "reference"] = "auto"
     autocast: Literal["none", "bfloat16"] = "none"
     compile_steps: Literal["none", "default", "reduce-overhead"] = "none"
+    curriculum_draw: Literal["step", "epoch"] = "step"
+    clip_order: Literal["text", "release"] = "text"
+    real_batches: Literal["random", "epochs"] = "random"
     fixed_curriculum: Optional[NonNegative] = None
     device: Optional[StrictStr] = None
     progress: Optional[StrictBool] = None

@@ -28,7 +28,9 @@ PINNED = [
      "ipc1-daae3d029b23"),  # DM on the poster with DREAM batches
     ("cifar10", 1.0, "quick", MTT_TILING, "ipc1-3446fcf2c7ce"),  # MTT on the tiling (experts_root is not hashed)
     ("cifar10", 1.0, "smoke", {"seed": 0}, "ipc1-156e2e1e7881"),
-    ("cifar100", 0.3, "paper", {"seed": 0}, "ipc0.3-7c997a1f2a23"),
+    # the paper profile with the paper text's init, curriculum draw, clipping order and real batches
+    ("cifar100", 0.3, "paper", {"init": "normal", "curriculum_draw": "step", "clip_order": "text",
+                                "real_batches": "random", "seed": 0}, "ipc0.3-7c997a1f2a23"),
 ]
 
 
@@ -107,10 +109,17 @@ def test_deviations_are_printed_and_noted(capsys, monkeypatch):
     note = s.deviation_notes(1.0)
     assert len(note) == 1 and note[0].startswith("profile smoke deviates from the paper: ") and "width = 8" in note[0]
     assert "(dm)" in s.deviation_notes(1.0, {"algorithm": "dm"}, label="dm")[0]
-    assert kit.setup("nb", "paper").deviation_notes(1.0) == []
+    assert kit.setup("nb", "paper-text").deviation_notes(1.0) == []
     capsys.readouterr()
+    kit.setup("nb", "paper-text").show_deviations(1.0)
+    assert "cifar10, profile 'paper-text': the paper's settings" in capsys.readouterr().out
+    # the paper profile runs as the authors' release: the notebooks show which behaviour is in force
     kit.setup("nb", "paper").show_deviations(1.0)
-    assert "cifar10, profile 'paper': the paper's settings" in capsys.readouterr().out
+    out = [x.strip() for x in capsys.readouterr().out.splitlines()]
+    assert "cifar10, profile 'paper': 4 changes" in out and "init = 'class_areas' (paper: 'normal')" in out
+    assert "clip_order = 'release' (default: 'text')" in out
+    note = kit.setup("nb", "paper").deviation_notes(1.0)
+    assert len(note) == 1 and "curriculum_draw = 'epoch'" in note[0] and "real_batches = 'epochs'" in note[0]
 
 
 def test_setup_finds_the_kit_root_from_notebooks(tmp_path):

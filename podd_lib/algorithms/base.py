@@ -20,6 +20,7 @@ PoDD's outer Adam makes the comparison one of objectives at equal outer steps (n
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -111,6 +112,47 @@ class RealSampler:
         return self.x[pool[pick]]
 
 
+def steps_per_epoch(n_train: int, bs: int) -> int:
+    """Outer steps in one epoch: one pass over n_train real images in batches of bs (the last may be short)."""
+    return max(1, math.ceil(n_train / bs))
+
+
+def epoch_generator(seed: int, epoch: int, stream: str) -> torch.Generator:
+    """A CPU generator for one epoch's draws, seeded from (seed, stream, epoch) alone: resume needs no state."""
+    digest = hashlib.sha256(f"{int(seed)}/{stream}/{int(epoch)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+class EpochSampler(RealSampler):
+    """The release's real batches: a walk over the training set, reshuffled every epoch.
+
+    Outer step `step` takes the (step mod E)-th batch of bs images of epoch step // E, with
+    E = ceil(N / bs), from a permutation drawn by `epoch_generator(seed, epoch, "real")`: every
+    image once per epoch, the last batch of an epoch holding the remainder. The run's own
+    generator is not consumed, and a resumed run sees the same batches.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, n_classes: int, seed: int):
+        super().__init__(x, y, n_classes)
+        self.seed = int(seed)
+        self._perm: tuple[int, Tensor] | None = None
+
+    def epoch_order(self, epoch: int) -> Tensor:
+        """The permutation of the training set that epoch `epoch` walks (kept for the current epoch)."""
+        if self._perm is None or self._perm[0] != epoch:
+            perm = torch.randperm(self.x.shape[0], generator=epoch_generator(self.seed, epoch, "real"))
+            self._perm = (epoch, perm.to(self.x.device))
+        return self._perm[1]
+
+    def batch(self, bs: int, gen: torch.Generator, features: Features | None = None, step: int = 0
+              ) -> tuple[Tensor, Tensor]:
+        """The batch of outer step `step` in the epoch walk (gen is not used)."""
+        per_epoch = steps_per_epoch(self.x.shape[0], bs)
+        k = step % per_epoch
+        idx = self.epoch_order(step // per_epoch)[k * bs:(k + 1) * bs]
+        return self.x[idx], self.y[idx]
+
+
 class Algorithm(Protocol):
     """What `outer_step` needs of a distillation algorithm."""
 
@@ -175,6 +217,7 @@ class OuterSettings:
 
     clip_ema: float = 0.9
     clip_factor: float = 2.0
+    clip_order: str = "text"  # "text": clip at 2 x the previous EMA, then update it; "release": update, then clip
 
 
 @dataclass
@@ -220,6 +263,20 @@ def clip_by_ema(grad: Tensor, ema: float | None, clip_ema: float, clip_factor: f
     return norm, clip_ema * ema + (1 - clip_ema) * norm
 
 
+def clip_by_updated_ema(grad: Tensor, ema: float | None, clip_ema: float, clip_factor: float
+                        ) -> tuple[float, float]:
+    """The release's order: fold the norm into the EMA, then clip grad in place to clip_factor x it; (norm, EMA)."""
+    norm = float(grad.norm())
+    ema = norm if ema is None else clip_ema * ema + (1 - clip_ema) * norm
+    limit = clip_factor * ema
+    if norm > limit > 0:
+        grad.mul_(limit / norm)
+    return norm, ema
+
+
+CLIP_ORDERS = {"text": clip_by_ema, "release": clip_by_updated_ema}
+
+
 def check_finite(loss: Tensor, step: int) -> None:
     """Stop on a NaN or infinite loss, naming the step (the distill loop keeps the last checkpoint)."""
     if not torch.isfinite(loss):
@@ -237,13 +294,14 @@ def outer_grads(st: OuterState, loss: Tensor) -> None:
         p.grad = g
 
 
-def apply_outer_update(st: OuterState, loss: Tensor, clip_ema: float, clip_factor: float) -> float:
+def apply_outer_update(st: OuterState, loss: Tensor, clip_ema: float, clip_factor: float,
+                       clip_order: str = "text") -> float:
     """Backpropagate loss into poster/Y/extras, clip the poster gradient, step Adam, clip Y; returns the norm."""
     st.opt.zero_grad(set_to_none=True)
     outer_grads(st, loss)
     if st.poster.grad is None:
         raise PoddError("the algorithm's loss does not depend on the poster")
-    norm, st.ema = clip_by_ema(st.poster.grad, st.ema, clip_ema, clip_factor)
+    norm, st.ema = CLIP_ORDERS[clip_order](st.poster.grad, st.ema, clip_ema, clip_factor)
     if not math.isfinite(norm):
         raise FloatingPointError(f"non-finite poster gradient at outer step {st.step + 1}")
     st.opt.step()
@@ -259,5 +317,5 @@ def outer_step(st: OuterState, algo: Algorithm, labels: PosterLabels, geom: Post
     syn = SyntheticSet(st.poster, st.Y, labels, geom)
     loss, info = algo.meta_loss(syn, real, st.gen, st.step)
     check_finite(loss, st.step + 1)
-    norm = apply_outer_update(st, loss, outer.clip_ema, outer.clip_factor)
+    norm = apply_outer_update(st, loss, outer.clip_ema, outer.clip_factor, outer.clip_order)
     return {"step": st.step, "loss": float(loss.detach()), "grad_norm": norm, **info}

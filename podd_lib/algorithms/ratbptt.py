@@ -3,7 +3,8 @@
 One outer step (method notes, section 4):
   1. a fresh, randomly initialised network theta_0 and an inner Adam(inner_lr);
   2. curriculum: draw c ~ U[minwindow, totwindow - window]; train c plain steps (no graph) on
-     random batches of bs_d patches;
+     random batches of bs_d patches. c is drawn every outer step (`curriculum_draw = "step"`,
+     the paper's text) or once per epoch of ceil(N / bs) outer steps ("epoch", the release's);
   3. unroll `window` more steps differentiably, Adam's update included (its moments and bias
      correction carry the graph), each on a fresh batch of bs_d patches;
   4. loss of the unrolled network on a real batch of bs images; backpropagate to the poster
@@ -30,9 +31,12 @@ from ..fast.compiled import autocast_context, compile_applies, plain_step, widen
 from ..optim import AdamState, Params, adam_init, adam_step, detach_state
 from ..poddl import PosterLabels
 from ..poster import PosterGeometry
-from .base import (OuterSettings, OuterState, PosterOnly, RealSampler, SyntheticSet, frozen_features, reinit_params,
-                   soft_cross_entropy)
+from .base import (OuterSettings, OuterState, PosterOnly, RealSampler, SyntheticSet, epoch_generator, frozen_features,
+                   reinit_params, soft_cross_entropy, steps_per_epoch)
 from .base import outer_step as generic_outer_step
+
+
+CURRICULUM_DRAWS = ("step", "epoch")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class RatBpttSettings:
     channels_last: bool = True  # run the network on channels-last batches (same maths, other kernels)
     autocast: str = "none"  # "bfloat16": forward passes under torch.autocast (changes the numbers)
     compile_steps: str = "none"  # "default" | "reduce-overhead": the plain steps compiled (CUDA only)
+    curriculum_draw: str = "step"  # draw c every outer step ("step") or once per epoch ("epoch", the release)
 
     def __post_init__(self) -> None:
         """Reject settings that make no curriculum."""
@@ -65,6 +70,8 @@ class RatBpttSettings:
             )
         if self.bs_d < 1 or self.bs < 1:
             raise PoddError(f"batch sizes must be positive, got bs_d={self.bs_d} bs={self.bs}")
+        if self.curriculum_draw not in CURRICULUM_DRAWS:
+            raise PoddError(f"curriculum_draw must be one of {', '.join(CURRICULUM_DRAWS)}, got {self.curriculum_draw!r}")
 
 
 def sample_curriculum(s: RatBpttSettings, gen: torch.Generator) -> int:
@@ -73,6 +80,13 @@ def sample_curriculum(s: RatBpttSettings, gen: torch.Generator) -> int:
         return s.fixed_curriculum
     hi = s.totwindow - s.window
     return int(torch.randint(s.minwindow, hi + 1, (1,), generator=gen, device=gen.device).item())
+
+
+def epoch_curriculum(s: RatBpttSettings, seed: int, epoch: int) -> int:
+    """The release's draw: one c ~ U[minwindow, totwindow - window] per epoch, from (seed, epoch) alone."""
+    if s.fixed_curriculum is not None:
+        return s.fixed_curriculum
+    return sample_curriculum(s, epoch_generator(seed, epoch, "curriculum"))
 
 
 def patch_batch(
@@ -149,8 +163,8 @@ class RatBptt(PosterOnly):
 
     name = "ratbptt"
 
-    def __init__(self, model: nn.Module, s: RatBpttSettings):
-        self.model, self.s = model, s
+    def __init__(self, model: nn.Module, s: RatBpttSettings, seed: int = 0):
+        self.model, self.s, self.seed = model, s, int(seed)
         self._plain_step = None  # the compiled plain step, built on first use where compile_steps applies
 
     def plain_step_fn(self, device: torch.device):
@@ -161,12 +175,18 @@ class RatBptt(PosterOnly):
             self._plain_step = plain_step(self.model, self.s.inner_lr, self.s.autocast, self.s.compile_steps)
         return self._plain_step
 
+    def curriculum(self, real: RealSampler, gen: torch.Generator, step: int) -> int:
+        """c for outer step `step` (0-based): a fresh draw from gen, or the draw of the step's epoch."""
+        if self.s.curriculum_draw == "epoch":
+            return epoch_curriculum(self.s, self.seed, step // steps_per_epoch(real.x.shape[0], self.s.bs))
+        return sample_curriculum(self.s, gen)
+
     def meta_loss(self, syn: SyntheticSet, real: RealSampler, gen: torch.Generator, step: int) -> tuple[Tensor, dict]:
         """Unroll a fresh network on patches (c plain + window differentiable steps); loss on a real batch."""
         s, model = self.s, self.model
         params = reinit_params(model, gen)
         state = adam_init({k: p.detach() for k, p in params.items()})
-        c = sample_curriculum(s, gen)
+        c = self.curriculum(real, gen, step)
         params, state = inner_steps(model, params, state, syn.poster, syn.Y, syn.labels, syn.geom, s, c, gen, False,
                                     self.plain_step_fn(syn.poster.device))
         params, state = inner_steps(model, params, state, syn.poster, syn.Y, syn.labels, syn.geom, s, s.window, gen,
@@ -202,5 +222,5 @@ def outer_step(
 
 def from_config(cfg: dict, model: nn.Module, s: RatBpttSettings, real=None, device: str = "cpu",
                 progress: bool = False) -> RatBptt:
-    """RaT-BPTT with the config's settings (already read into s)."""
-    return RatBptt(model, s)
+    """RaT-BPTT with the config's settings (already read into s); the seed drives per-epoch curriculum draws."""
+    return RatBptt(model, s, int(cfg.get("seed", 0)))

@@ -29,7 +29,12 @@ PROFILE_MEANING = {
     "quick": "the quick profile: a reduced reproduction for a 2-core CPU (narrower network, shorter "
              "unroll, smaller real batches and far fewer distillation steps than the paper, see "
              "podd_lib/configs/profiles.toml). Expect lower accuracies than the paper.",
-    "paper": "the paper profile: the paper's settings (meant for a GPU).",
+    "paper": "the paper profile: the paper's settings, run as the authors' release runs them (the release "
+             "produced the paper's numbers: class-area init, one curriculum draw per epoch, its clipping "
+             "order, epoch-walk real batches; meant for a GPU).",
+    "paper-text": "the paper-text profile: the paper's settings as its text describes them (N(0, 1) init, "
+                  "a curriculum draw every step, clipping before the EMA update, random real batches; "
+                  "meant for a GPU).",
 }
 HOW_TO_READ = (
     "How to read the tables: **ours** is this kit's test accuracy (%) with soft labels at the last "
