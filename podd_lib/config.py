@@ -153,7 +153,7 @@ def check_algorithm(cfg: dict) -> None:
             cfg.get("fused_blocks", True) and (cfg.get("arch"), cfg.get("norm"), cfg.get("pool")) == ("convnet", "instance", "avg")):
         raise PoddError("conv_dtype=bfloat16 needs fused_blocks=true and a ConvNet with instance norm and avg pooling "
                         "(it is a setting of the fused ConvNet block)")
-    for key in ("channels_last", "fused_blocks", "cpu_kernels", "per_class_posters"):
+    for key in ("channels_last", "fused_blocks", "cpu_kernels", "per_class_posters", "deterministic"):
         if not isinstance(cfg.get(key, False), bool):
             raise PoddError(f"{key} must be true or false, got {cfg.get(key)!r}")
     for key in ("syn_lr", "lr_lr", "lr_teacher"):

@@ -28,6 +28,7 @@ from .algorithm import OuterSettings, RealSampler, outer_step
 from .poddl import PosterLabels
 from .poster import PosterGeometry, init_from_images, init_poster, make_geometry
 from .ratbptt import OuterState, RatBptt, RatBpttSettings, make_outer_state, reinit_params
+from .runtime import deterministic_mode
 
 METRIC_FIELDS = ("step", "loss", "grad_norm", "curriculum", "seconds")
 
@@ -281,7 +282,18 @@ def distill(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> OuterState:
-    """Run (or resume) PoDD for cfg['steps'] outer steps; stop_after simulates an interruption."""
+    """Run (or resume) PoDD for cfg['steps'] outer steps; stop_after simulates an interruption.
+
+    With cfg['deterministic'] (default) the run is in PyTorch's deterministic mode, and the flags are
+    restored when it returns (`runtime.deterministic_mode`).
+    """
+    with deterministic_mode(cfg.get("deterministic", True), device):
+        return _distill(cfg, real, order, out, resume, device, progress, stop_after)
+
+
+def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, resume: bool, device: str,
+             progress: bool, stop_after: int | None) -> OuterState:
+    """`distill` under the flags it has set."""
     out = Path(out)
     ck_path = out / "checkpoint.pt"
     if ck_path.exists() and not resume:
