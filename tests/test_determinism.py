@@ -56,8 +56,9 @@ def _outputs(out: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def busy_core():
-    """A process that keeps one core busy for the module's CLI runs."""
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """A process that keeps one core busy for the module's CLI runs (it stops by itself if pytest dies)."""
+    spin = "import os, time\nparent, end = os.getppid(), time.time() + 1800\nwhile os.getppid() == parent and time.time() < end: pass"
+    proc = subprocess.Popen([sys.executable, "-c", spin])
     yield proc
     proc.kill()
     proc.wait()
