@@ -44,6 +44,7 @@ from podd_lib.evaluate import train_and_test  # noqa: E402
 from podd_lib.poster import extract_patches  # noqa: E402
 from podd_lib.algorithms.ratbptt import outer_step  # noqa: E402
 from podd_lib.fast.runtime import keep_freed_memory  # noqa: E402
+from podd_lib.determinism import deterministic_mode  # noqa: E402
 
 ORDER = [[9, 0, 2, 4, 3], [1, 8, 6, 7, 5]]
 
@@ -96,11 +97,13 @@ def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: 
     s["warmup"] = s["warmup"] if warmup is None else warmup
     cfg, pb, st, x, y = _cpu_bench_problem(setting, device, sets)
     n = steps or s["steps"]
-    times = [timed(lambda: outer_step(st, pb.model, pb.labels, pb.geom, x, y, pb.settings), device)
-             for _ in range(s["warmup"] + n)][s["warmup"]:]
+    with deterministic_mode(cfg["deterministic"], device):  # as `podd distill` runs it
+        times = [timed(lambda: outer_step(st, pb.model, pb.labels, pb.geom, x, y, pb.settings), device)
+                 for _ in range(s["warmup"] + n)][s["warmup"]:]
     return report("outer_step", setting, times, device, width=cfg["width"], window=cfg["window"], bs=cfg["bs"],
                   bs_d=cfg["bs_d"], curriculum=cfg.get("fixed_curriculum", "random"), real_chunk=cfg["real_chunk"],
                   channels_last=cfg["channels_last"], conv_dtype=cfg["conv_dtype"], block=BLOCK_IMPL,
+                  deterministic=cfg["deterministic"],
                   kernels=kernels_used(cfg, device),
                   thp=os.environ.get("THP_MEM_ALLOC_ENABLE"), before=BLOCK_IMPL == "layers")
 

@@ -212,7 +212,7 @@ def check_algorithm(cfg: dict) -> None:
                         "conv_dtype=float32 and algorithm=ratbptt")
     if cfg.get("compile_steps", "none") not in COMPILE_MODES:
         raise PoddError(f"compile_steps must be one of {', '.join(COMPILE_MODES)}, got {cfg.get('compile_steps')!r}")
-    for key in ("channels_last", "fused_blocks", "cpu_kernels", "per_class_posters"):
+    for key in ("channels_last", "fused_blocks", "cpu_kernels", "per_class_posters", "deterministic"):
         if not isinstance(cfg.get(key, False), bool):
             raise PoddError(f"{key} must be true or false, got {cfg.get(key)!r}")
     for key in ("syn_lr", "lr_lr", "lr_teacher"):

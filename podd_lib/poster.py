@@ -191,13 +191,17 @@ def patch_offsets(geom: PosterGeometry, device: torch.device | str = "cpu") -> t
 def extract_windows(grid: Tensor, oy: Tensor, ox: Tensor, h: int, w: int) -> Tensor:
     """Cut (B, C, h, w) windows at offsets (oy, ox) from a (C, H, W) tensor by one gather.
 
-    Differentiable: the backward is a scatter-add onto the grid, so overlapping windows add up
-    their gradients on shared pixels.
+    Differentiable: the backward adds every window's gradient onto the grid, so overlapping
+    windows add up their gradients on shared pixels. The gather is an `index_select` over the
+    flattened pixels, whose backward (`index_add_`) sums in index order on the CPU: bitwise the
+    same from run to run, where advanced indexing's backward adds with atomics in thread order.
     """
+    c, height, width = grid.shape
     rows = oy[:, None] + torch.arange(h, device=grid.device)  # (B, h)
     cols = ox[:, None] + torch.arange(w, device=grid.device)  # (B, w)
-    out = grid[:, rows[:, :, None], cols[:, None, :]]  # (C, B, h, w)
-    return out.transpose(0, 1)
+    flat = (rows[:, :, None] * width + cols[:, None, :]).reshape(-1)  # (B * h * w,) pixel indices
+    out = grid.reshape(c, height * width).index_select(1, flat)  # (C, B * h * w)
+    return out.view(c, -1, h, w).transpose(0, 1)
 
 
 def poster_count(poster: Tensor) -> int:

@@ -36,6 +36,7 @@ from .poddl import PosterLabels
 from .poster import PosterGeometry, init_from_images, init_poster, make_geometry
 from .safety import check_run_out, load_torch_file, read_run_config, resume_changes, start_run
 from .validate import check_patches_fit
+from .determinism import deterministic_mode
 
 METRIC_FIELDS = ("step", "loss", "grad_norm", "curriculum", "seconds")
 
@@ -272,7 +273,18 @@ def distill(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> OuterState:
-    """Run (or resume) PoDD for cfg['steps'] outer steps; stop_after simulates an interruption."""
+    """Run (or resume) PoDD for cfg['steps'] outer steps; stop_after simulates an interruption.
+
+    With cfg['deterministic'] (default) the run is in PyTorch's deterministic mode, and the flags are
+    restored when it returns (`determinism.deterministic_mode`).
+    """
+    with deterministic_mode(cfg.get("deterministic", True), device):
+        return _distill(cfg, real, order, out, resume, device, progress, stop_after)
+
+
+def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, resume: bool, device: str,
+             progress: bool, stop_after: int | None) -> OuterState:
+    """`distill` under the flags it has set."""
     out = Path(out)
     ck_path = out / "checkpoint.pt"
     cfg = apply_backend(cfg, device)  # config.json records the backend that ran

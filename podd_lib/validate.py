@@ -95,6 +95,7 @@ class ConfigSchema(BaseModel):
     curriculum_draw: Literal["step", "epoch"] = "step"
     clip_order: Literal["text", "release"] = "text"
     real_batches: Literal["random", "epochs"] = "random"
+    deterministic: StrictBool = True
     fixed_curriculum: Optional[NonNegative] = None
     device: Optional[StrictStr] = None
     progress: Optional[StrictBool] = None

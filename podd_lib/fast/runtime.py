@@ -1,4 +1,4 @@
-"""Process-wide settings that change speed and memory, never results.
+"""Process-wide settings of the fast backend: speed and memory, never results.
 
 Two things decide how fast the CPU runs PoDD besides the maths: the convolution kernels and the
 cost of fresh activation-sized allocations. glibc's malloc hands blocks over 32 MB (a width-128
@@ -30,3 +30,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+

@@ -19,11 +19,11 @@ from ..errors import PoddError
 from ..io import atomic_write_json
 
 _DATA_CACHE: dict[tuple, object] = {}
-# Not hashed into run keys: bookkeeping, speed settings that change kernels and memory but not the maths,
-# and where the data lives.
+# Not hashed into run keys: bookkeeping; speed settings that change kernels and memory but not the maths;
+# deterministic, which fixes the order of PyTorch's sums; and where the data lives.
 VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs",
             "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels", "backend", "compile_steps",
-            "data_root")
+            "deterministic", "data_root")
 
 
 def config_key(cfg: dict) -> str:

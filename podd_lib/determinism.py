@@ -1,0 +1,49 @@
+"""PyTorch's deterministic mode for one run: the same command on the same machine gives the same poster.
+
+Set when a run starts and restored when it returns, never on import (README, "Reproducibility").
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs for deterministic results (PyTorch's reproducibility notes)
+
+
+@contextmanager
+def deterministic_mode(on: bool = True, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Inside the block, PyTorch's deterministic algorithms (and cuDNN's, on CUDA); the flags are restored after.
+
+    Sets `torch.use_deterministic_algorithms(True, warn_only=True)` (an op without a deterministic
+    implementation warns instead of stopping the run), oneDNN's deterministic attribute, and on CUDA
+    cuDNN deterministic with benchmark autotuning off and $CUBLAS_WORKSPACE_CONFIG (if unset; cuBLAS
+    reads it when its first handle is made, so a run sets it before its first CUDA op).
+    Uninitialised memory is not filled with NaN, which the deterministic mode otherwise does for
+    every `torch.empty`: the kit writes every tensor it allocates before reading it.
+    on=False changes nothing. A run is bitwise reproducible only at a fixed thread count (README).
+    """
+    if not on:
+        yield
+        return
+    cudnn, mkldnn = torch.backends.cudnn, torch.backends.mkldnn
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory, cudnn.deterministic, cudnn.benchmark,
+             mkldnn.deterministic)
+    env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if torch.device(device).type == "cuda" and env is None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    cudnn.deterministic, cudnn.benchmark, mkldnn.deterministic = True, False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[2]
+        cudnn.deterministic, cudnn.benchmark, mkldnn.deterministic = saved[3:]
+        if env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
