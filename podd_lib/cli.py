@@ -196,6 +196,18 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    """Print (and with --json write) the plan of run_all.sh for a profile and a notebook selection."""
+    from .io import atomic_write_json
+    from .kit import plan
+
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    the_plan = plan.build_plan(args.profile, args.only, datasets, args.notebooks, seconds_per_step=args.seconds_per_step)
+    print(plan.plan_text(the_plan))
+    if args.json:
+        print(f"wrote {atomic_write_json(args.json, the_plan)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `podd`."""
     p = argparse.ArgumentParser(prog="podd", description="PoDD: distill a dataset into one poster.")
@@ -255,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp.add_argument("--out", help="result JSON (default RUN/eval.json)")
     sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("plan", help="list the runs the notebooks need, cached or not, with estimated times")
+    sp.add_argument("--profile", default="quick", choices=("smoke", "quick", "paper"), help="(default: quick, as run_all.sh)")
+    sp.add_argument("--only", help="notebook names or numbers, comma-separated (default: all)")
+    sp.add_argument("--datasets", help="comma-separated datasets (default: each notebook's)")
+    sp.add_argument("--notebooks", default="notebooks", help="the notebooks folder (default: notebooks)")
+    sp.add_argument("--seconds-per-step", type=float, help="estimate with this outer-step time (default: measured or configs/estimates.toml)")
+    sp.add_argument("--json", help="also write the plan as JSON to this file")
+    sp.set_defaults(fn=cmd_plan)
 
     sp = sub.add_parser("export", help="export a run's patches and labels")
     sp.add_argument("run")

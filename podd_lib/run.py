@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -264,8 +265,12 @@ def distill(
     device: str = "cpu",
     progress: bool = True,
     stop_after: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> OuterState:
-    """Run (or resume) PoDD for cfg['steps'] outer steps; stop_after simulates an interruption."""
+    """Run (or resume) PoDD for cfg['steps'] outer steps; stop_after simulates an interruption.
+
+    on_step(step, steps) is called after every outer step (progress reporting).
+    """
     out = Path(out)
     ck_path = out / "checkpoint.pt"
     if ck_path.exists() and not resume:
@@ -302,6 +307,8 @@ def distill(
             atomic_torch_save(checkpoint_dict(st), ck_path)
             atomic_write_text(out / "metrics.csv", metrics_csv(st.history))
             last_good = st.step
+        if on_step is not None:
+            on_step(st.step, cfg["steps"])
         if stop_after is not None and st.step >= stop_after:
             break
     bar.close()
