@@ -207,3 +207,39 @@ def test_render_only_returns_a_missing_row_that_names_the_failed_job(tmp_path, m
     assert r["missing"] and "boom" in r["command"] and "x.err" in r["command"]
     assert tables.fmt_acc(r) == tables.fmt_pm(None)
     assert not (folder / "result.json").exists() and not (tmp_path / "none").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.realdata
+def test_slurm_executor_end_to_end_with_a_forced_preemption(tmp_path, cifar10_root):
+    """Submit two smoke runs to SLURM, preempt one mid-run (USR2, as on preemption), collect both."""
+    if os.environ.get("PODD_SLURM_TEST") != "1" or shutil.which("sbatch") is None:
+        pytest.skip("set PODD_SLURM_TEST=1 with a running SLURM cluster (README: single-node cluster)")
+    nb = tmp_path / "notebooks"  # on a path every node sees (tmp_path on a single-node cluster)
+    shutil.copytree(REPO / "notebooks", nb)
+    s = plan.PlanSession("t", "smoke", "../outputs/smoke", "", "cpu", False, ["cifar10"], [0], "cifar10", 1,
+                         notebook="t", root=str(nb))
+    runs = [s._distill_spec("cifar10", 1.0, {"steps": 60, "seed": 0}, "podd"),
+            s._distill_spec("cifar10", 0.5, {"seed": 0}, "podd")]
+    p = {"profile": "smoke", "out_dir": "../outputs/smoke", "runs": [{**r, "eval_phases": 2} for r in runs]}
+    settings = jobs.load_slurm_settings(None, {"gpus_per_run": 0, "cpus_per_run": 1, "time_min": 20,
+                                               "partition": os.environ.get("PODD_SLURM_PARTITION")})
+    folder = nb / runs[0]["folder"]
+
+    def preempt() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline and not (folder / "checkpoint.pt").exists():
+            time.sleep(0.5)
+        job_id = json.loads((folder / "progress.json").read_text()).get("slurm_job")
+        ids = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "podd"], capture_output=True, text=True).stdout.split()
+        subprocess.run(["scancel", "--signal=USR2", job_id or ids[0]], check=True)
+
+    import threading
+
+    t = threading.Thread(target=preempt)
+    t.start()
+    board = jobs.execute(p, "slurm", 2, nb, str(cifar10_root), "cpu", slurm=settings, stream=io.StringIO(), poll_s=2)
+    t.join()
+    assert not board.failures and set(board.state.values()) == {"done"}
+    assert json.loads((folder / "result.json").read_text())["steps"] == 60
+    assert json.loads((folder / "result.json").read_text())["computed_on"].get("slurm_job")

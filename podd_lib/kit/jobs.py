@@ -53,7 +53,8 @@ class ProgressFile:
         if now - self.last >= 1.0 or step >= total:
             self.last = now
             atomic_write_json(self.path, {"phases": self.phases, "started": self.started, "updated": now,
-                                          "host": socket.gethostname(), "pid": os.getpid()})
+                                          "host": socket.gethostname(), "pid": os.getpid(),
+                                          "slurm_job": os.environ.get("SLURM_JOB_ID")})
 
 
 def compute_run(run: dict, notebooks_dir: str, data_root: str | None, device: str = "auto", force: bool = False,
