@@ -243,3 +243,5 @@ def test_slurm_executor_end_to_end_with_a_forced_preemption(tmp_path, cifar10_ro
     assert not board.failures and set(board.state.values()) == {"done"}
     assert json.loads((folder / "result.json").read_text())["steps"] == 60
     assert json.loads((folder / "result.json").read_text())["computed_on"].get("slurm_job")
+    log = Path(json.loads((folder / "job.json").read_text())["log"]).read_text()
+    assert "preempted" in log and "REQUEUE" in log, log[-2000:]
