@@ -245,3 +245,15 @@ def test_slurm_executor_end_to_end_with_a_forced_preemption(tmp_path, cifar10_ro
     assert json.loads((folder / "result.json").read_text())["computed_on"].get("slurm_job")
     log = Path(json.loads((folder / "job.json").read_text())["log"]).read_text()
     assert "preempted" in log and "REQUEUE" in log, log[-2000:]
+
+
+def test_compare_results_tells_tables_apart_but_not_timings(tmp_path):
+    def write(d: Path, acc: float, sps: float) -> Path:
+        d.mkdir()
+        (d / "07_x.json").write_text(json.dumps({"rows": [{"ours": acc, "s / step": sps}], "columns": ["ours"]}))
+        return d
+
+    a, b, c = write(tmp_path / "a", 20.5, 0.3), write(tmp_path / "b", 20.5, 0.9), write(tmp_path / "c", 20.6, 0.3)
+    cmd = [sys.executable, str(REPO / "scripts" / "compare_results.py")]
+    assert subprocess.run([*cmd, str(a), str(b)], capture_output=True).returncode == 0
+    assert subprocess.run([*cmd, str(a), str(c)], capture_output=True).returncode == 1
