@@ -155,35 +155,42 @@ def _param(params: dict, name: str, default: Any = None) -> Any:
 
 
 def _runs_00(s: PlanSession, p: dict) -> None:
+    """Notebook 00: the quickstart poster."""
     s.distill(_param(p, "ipc", 1.0), tag="quickstart")
 
 
 def _runs_02(s: PlanSession, p: dict) -> None:
+    """Notebook 02: Table 1's IPC grid, the tiling, the full dataset."""
     studies.table1_runs(s, studies.table1_ipcs(s, _param(p, "ipcs")), _param(p, "run_full", True))
 
 
 def _runs_03(s: PlanSession, p: dict) -> None:
+    """Notebook 03: Table 2 at 1 IPC."""
     studies.table2_runs(s, _param(p, "run_full", True))
 
 
 def _runs_04(s: PlanSession, p: dict) -> None:
+    """Notebook 04: figure 6's patch grids (500 steps under paper)."""
     extra = {"steps": 500} if s.profile == "paper" else {}
     studies.figure6_runs(s, studies.figure6_grids(s.profile, _param(p, "patch_grids")), extra)
 
 
 def _runs_05(s: PlanSession, p: dict) -> None:
+    """Notebook 05: the paper's class order and random ones (250 steps under paper)."""
     extra = {"steps": 250} if s.profile == "paper" else {}
     for spec in studies.class_orders(s.profile, _param(p, "n_random_orders", 5)):
         s.distill(_param(p, "ipc", 0.3), {"order": spec, **extra})
 
 
 def _runs_06(s: PlanSession, p: dict) -> None:
+    """Notebook 06: the 1-IPC poster and figure 9's per-class posters."""
     s.distill(1.0, seeds=s.seeds[:1])
     over = {"per_class_posters": True, "labels": "fixed", "patch_grid": list(_param(p, "fig9_patch_grid", [10, 10]))}
     s.distill(_param(p, "fig9_ipc", 10), over, tag="per-class", seeds=s.seeds[:1])
 
 
 def _runs_07(s: PlanSession, p: dict) -> None:
+    """Notebook 07: every algorithm on the tiling and the poster."""
     plan = studies.algorithm_plan(p["algorithms"], p["representations"], p["samplings"])
     studies.algorithm_runs(s, plan, {"init": _param(p, "init", "normal"), "seed": s.seeds[0]})
 
