@@ -315,6 +315,18 @@ def cmd_export(args: argparse.Namespace) -> None:
 PROFILE_CHOICES = ("smoke", "quick", "paper", "paper-text")  # config.PROFILES, without importing torch for --help
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    """Print (and with --json write) the plan of run_all.sh for a profile and a notebook selection."""
+    from .io import atomic_write_json
+    from .kit import plan
+
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    the_plan = plan.build_plan(args.profile, args.only, datasets, args.notebooks, seconds_per_step=args.seconds_per_step)
+    print(plan.plan_text(the_plan))
+    if args.json:
+        print(f"wrote {atomic_write_json(args.json, the_plan)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `podd`."""
     p = Parser(prog="podd", description="PoDD: distill a dataset into one poster.", formatter_class=Help)
@@ -392,6 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="result JSON (default: RUN/eval.json; baselines: "
                                   "outputs/baselines/PROFILE/baseline_KIND_DATASET.json)")
     sp.set_defaults(fn=cmd_evaluate)
+
+    sp = add_parser("plan", help="list the runs the notebooks need, cached or not, with estimated times")
+    sp.add_argument("--profile", default="quick", choices=PROFILE_CHOICES,
+                    help="settings profile (default: quick, as run_all.sh)")
+    sp.add_argument("--only", help="notebook names or numbers, comma-separated (default: all)")
+    sp.add_argument("--datasets", help="comma-separated datasets (default: each notebook's)")
+    sp.add_argument("--notebooks", default="notebooks", help="the notebooks folder (default: notebooks)")
+    sp.add_argument("--seconds-per-step", type=float, help="estimate with this outer-step time (default: measured or configs/estimates.toml)")
+    sp.add_argument("--json", help="also write the plan as JSON to this file")
+    sp.set_defaults(fn=cmd_plan)
 
     sp = add_parser("export", help="export a run's patches and labels")
     sp.add_argument("run", help="run folder written by podd distill")

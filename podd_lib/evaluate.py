@@ -48,7 +48,7 @@ from podd_lib.augment import augment, parse_strategy
 from podd_lib.errors import PoddError
 from podd_lib.fast import AUTOCAST, BACKENDS, COMPILE_MODES, resolve_backend
 from podd_lib.fast.compiled import autocast_context, compile_applies, vmapped_step, widened
-from podd_lib.io import atomic_write_json
+from podd_lib.io import atomic_torch_save, atomic_write_json
 from podd_lib.models import is_vmappable, make_model, set_backend, stacked_fresh
 from podd_lib.optim import adam_init, adam_step
 
@@ -252,8 +252,14 @@ def _train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
                   batch: int, lr: float, augmentation: str, aug_mode: str, seed: int,
                   device: torch.device, progress: bool, vectorize: bool | None, epochs_mode: bool,
                   desc: str, return_params: bool, backend: str = "auto", compile_steps: str = "none",
-                  autocast: str = "none") -> dict:
-    """Train K fresh models on (x, y), test at eval_steps; inputs are already validated."""
+                  autocast: str = "none", state_path: str | os.PathLike | None = None,
+                  on_step: Callable[[int, int], None] | None = None) -> dict:
+    """Train K fresh models on (x, y), test at eval_steps; inputs are already validated.
+
+    With state_path, the training state (models, Adam, the generator, the sampler, results so far)
+    is saved there atomically every tenth of the run and restored from there on the next call, so
+    an interrupted evaluation continues with the same draws. on_step(step, total) follows progress.
+    """
     t0 = time.perf_counter()
     init_seeds, g = eval_rng(seed, num_models)
     with torch.device("meta"):  # structure only; does not touch the global RNG
@@ -280,8 +286,18 @@ def _train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
     compiled = (vmapped_step(base, lr, autocast, compile_steps)
                 if vectorized and compile_applies(compile_steps, device) else None)
     fast = backend == "fast"
-    bar = tqdm(total=eval_steps[-1], desc=desc, disable=not _progress_on(progress), leave=False)
-    for step in range(1, eval_steps[-1] + 1):
+    first, total = 1, eval_steps[-1]
+    save_every = max(1, total // 10)
+    if state_path is not None and Path(state_path).exists():
+        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        params = {n: t.to(device) for n, t in saved["params"].items()}
+        buffers = {n: t.to(device) for n, t in saved["buffers"].items()}
+        state = type(state)(m={n: t.to(device) for n, t in saved["m"].items()},
+                            v={n: t.to(device) for n, t in saved["v"].items()}, step=saved["adam_step"])
+        g.set_state(saved["generator"])
+        perm, pos, by_step, first = saved["perm"], saved["pos"], saved["by_step"], saved["step"] + 1
+    bar = tqdm(total=total, initial=first - 1, desc=desc, disable=not _progress_on(progress), leave=False)
+    for step in range(first, total + 1):
         if epochs_mode:
             if pos + bs > n:  # new epoch: fresh permutation per model, last partial batch dropped
                 perm, pos = torch.rand(k, n, generator=g).argsort(dim=-1), 0
@@ -302,6 +318,12 @@ def _train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
             by_step.append({"step": step, "acc_pct": acc.tolist(), "mean_pct": m, "std_pct": s,
                             "train_loss": losses.detach().cpu().double().tolist()})
             bar.set_postfix(acc=f"{m:.2f}")
+        if state_path is not None and step % save_every == 0 and step < total:
+            atomic_torch_save({"step": step, "params": params, "buffers": buffers, "m": state.m, "v": state.v,
+                               "adam_step": state.step, "generator": g.get_state(), "perm": perm, "pos": pos,
+                               "by_step": by_step}, state_path)
+        if on_step is not None:
+            on_step(step, total)
     bar.close()
     result = {
         "vectorized": vectorized,
@@ -341,11 +363,14 @@ def train_and_test(
     backend: str = "auto",
     compile_steps: str = "none",
     autocast: str = "none",
+    state_path: str | os.PathLike | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Train K fresh networks on (x_syn, y_syn) and report test accuracy (%) at each of `steps`.
 
     The result is JSON-able unless return_params=True (then it also holds the final stacked
-    "params" and "buffers").
+    "params" and "buffers"). state_path: where the training state is kept so that an interrupted
+    call continues (see _train_models); on_step(step, total) follows progress.
     """
     x_syn = _check_images("x_syn", x_syn)
     y_syn = _check_soft_labels(y_syn, x_syn.shape[0])
@@ -367,7 +392,7 @@ def train_and_test(
                         vectorize, epochs_mode=False,
                         desc=f"eval {arch} {'hard' if hard_labels else 'soft'}",
                         return_params=return_params, backend=backend, compile_steps=compile_steps,
-                        autocast=autocast)
+                        autocast=autocast, state_path=state_path, on_step=on_step)
     return {"labels": "hard (one-hot argmax)" if hard_labels else "soft (as given)", **out}
 
 
@@ -405,10 +430,16 @@ def evaluate_distilled(
     aug_mode: str = "single",
     vectorize: bool | None = None,
     backend: str = "auto",
+    resume_dir: str | os.PathLike | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """The paper's protocol on a distilled set: {"protocol", "soft", "hard"} (hard None if skipped).
 
     `real` is any object with x_test, y_test, classes, image_size and channels (e.g. data.RealData).
+    With resume_dir, each label kind's finished result is kept there (eval-soft.json, eval-hard.json)
+    and its training state while it runs (eval-soft.pt, ...), so an interrupted evaluation continues
+    where it stopped; the caller removes the folder when it has stored the result.
+    on_step(kind, step, total) follows progress.
     """
     _check_real(real)
     x_syn = _check_images("x_syn", x_syn)
@@ -433,9 +464,24 @@ def evaluate_distilled(
     kw = dict(arch=arch, num_models=num_models, steps=steps, bs_d=bs_d, lr=lr,
               augmentation=augmentation, seed=seed, arch_kwargs=arch_kwargs, device=device,
               progress=progress, aug_mode=aug_mode, vectorize=vectorize, backend=backend)
-    soft = train_and_test(x_syn, y_syn, real.x_test, real.y_test, hard_labels=False, **kw)
-    hard = (train_and_test(x_syn, y_syn, real.x_test, real.y_test, hard_labels=True, **kw)
-            if with_hard_labels else None)
+
+    def phase(kind: str) -> dict:
+        """One label kind's result, kept in resume_dir when given."""
+        hook = None if on_step is None else (lambda step, total: on_step(kind, step, total))
+        if resume_dir is None:
+            return train_and_test(x_syn, y_syn, real.x_test, real.y_test, hard_labels=kind == "hard",
+                                  on_step=hook, **kw)
+        done, state = Path(resume_dir) / f"eval-{kind}.json", Path(resume_dir) / f"eval-{kind}.pt"
+        if done.exists():
+            return json.loads(done.read_text())
+        out = train_and_test(x_syn, y_syn, real.x_test, real.y_test, hard_labels=kind == "hard",
+                             state_path=state, on_step=hook, **kw)
+        atomic_write_json(done, out)
+        state.unlink(missing_ok=True)
+        return out
+
+    soft = phase("soft")
+    hard = phase("hard") if with_hard_labels else None
     return {"protocol": protocol, "soft": soft, "hard": hard}
 
 
@@ -504,6 +550,8 @@ def full_dataset_baseline(
     progress: bool = True,
     aug_mode: str = "single",
     vectorize: bool | None = None,
+    state_path: str | os.PathLike | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict:
     """The "Full dataset" row: the same network(s) trained by plain minibatch Adam on all of x_train.
 
@@ -531,7 +579,7 @@ def full_dataset_baseline(
     out = _train_models(x_train, y, x_test, y_test, model_fn, int(num_models), (total,),
                         int(batch_size), float(lr), augmentation, aug_mode, int(seed), dev,
                         progress, vectorize, epochs_mode=True, desc=f"full {arch}",
-                        return_params=False)
+                        return_params=False, state_path=state_path, on_step=on_step)
     protocol = {
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "num_models": int(num_models),
         "steps": total, "epochs": total / per_epoch, "steps_per_epoch": per_epoch,

@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -272,18 +273,20 @@ def distill(
     device: str = "cpu",
     progress: bool = True,
     stop_after: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> OuterState:
     """Run (or resume) PoDD for cfg['steps'] outer steps; stop_after simulates an interruption.
 
     With cfg['deterministic'] (default) the run is in PyTorch's deterministic mode, and the flags are
-    restored when it returns (`determinism.deterministic_mode`).
+    restored when it returns (`determinism.deterministic_mode`). on_step(step, steps) is called after
+    every outer step (progress reporting).
     """
     with deterministic_mode(cfg.get("deterministic", True), device):
-        return _distill(cfg, real, order, out, resume, device, progress, stop_after)
+        return _distill(cfg, real, order, out, resume, device, progress, stop_after, on_step)
 
 
 def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, resume: bool, device: str,
-             progress: bool, stop_after: int | None) -> OuterState:
+             progress: bool, stop_after: int | None, on_step: Callable[[int, int], None] | None) -> OuterState:
     """`distill` under the flags it has set."""
     out = Path(out)
     ck_path = out / "checkpoint.pt"
@@ -330,6 +333,8 @@ def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, re
             atomic_torch_save(checkpoint_dict(st), ck_path)
             atomic_write_text(out / "metrics.csv", metrics_csv(st.history))
             last_good = st.step
+        if on_step is not None:
+            on_step(st.step, cfg["steps"])
         if stop_after is not None and st.step >= stop_after:
             break
     bar.close()

@@ -94,3 +94,9 @@ def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield _unpack(CIFAR10_ZIP, dest)
     finally:
         shutil.rmtree(dest, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Markers defined beside the tests that use them."""
+    config.addinivalue_line("markers", "slurm: needs a running SLURM cluster and PODD_SLURM_TEST=1 (README, "
+                            "'Running the paper on a SLURM cluster'); skipped otherwise")

@@ -244,7 +244,20 @@ def test_report_sections_run_in_order_and_a_new_one_fits_in(tmp_path):
     md = report.build_report(tmp_path, sections=(report.header_section, claims, report.notebook_sections))
     assert md.index("Smoke numbers mean nothing") < md.index("## Claims") < md.index("## Table 1")
     assert "1 results file(s)" in md and "<h2>Claims</h2>" in (tmp_path / "report.html").read_text()
-    assert report.SECTIONS == (claims_section, report.header_section, report.notebook_sections)
+    assert report.SECTIONS == (claims_section, report.header_section, report.notebook_sections, report.where_section)
+
+
+def test_where_section_lists_hosts_devices_and_failed_runs(tmp_path):
+    from podd_lib.io import atomic_write_json
+
+    atomic_write_json(tmp_path / "runs/cifar10/ipc1-aaa/result.json", {"computed_on": {"host": "n1", "device": "cuda",
+                                                                                     "device_name": "H100"}})
+    atomic_write_json(tmp_path / "runs/cifar10/ipc1-bbb/result.json", {"computed_on": {"host": "n1", "device": "cuda",
+                                                                                     "device_name": "H100"}})
+    atomic_write_json(tmp_path / "runs/cifar10/ipc0.5-ccc/job.json", {"state": "failed", "error": "OOM", "log": "j.err"})
+    lines = "\n".join(report.where_section(tmp_path, []))
+    assert "| n1 | H100 | 2 |" in lines and "1 runs failed" in lines and "`ipc0.5-ccc`: OOM (log: `j.err`)" in lines
+    assert report.where_section(tmp_path / "empty", []) == []
 
 
 def test_stack_soft_hard_and_fmt_acc():

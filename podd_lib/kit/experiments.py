@@ -2,7 +2,12 @@
 
 Every result is keyed by its fully resolved config (a hash in the folder name), written
 atomically to outputs/runs/... and reused unless force=True, so an interrupted `run_all.sh`
-continues where it stopped and a finished one is not redone.
+continues where it stopped and a finished one is not redone. Evaluations keep their progress in
+the run's eval-progress/ folder until the result is written, so they resume too.
+
+With $PODD_RENDER_ONLY=1 (set by run_all.sh once its executor has run the plan) nothing is
+computed: a result that is not cached comes back as a placeholder marked "missing", which the
+tables show as a dash, with the failed job's log when there is one (job.json in the run folder).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..config import resolve_config, tiling_overrides
 from ..errors import PoddError
@@ -44,6 +50,62 @@ def config_key(cfg: dict) -> str:
 def run_folder(cfg: dict) -> str:
     """The run's folder name, 'ipc<IPC>-<key>': it depends on the config alone, so notebooks share runs."""
     return f"ipc{cfg['ipc']:g}-{config_key(cfg)}"
+
+
+Report = Callable[[str, int, int], None]  # (phase, step, total): progress of a run, for executors
+RENDER_ONLY = "PODD_RENDER_ONLY"
+
+
+def distill_dir(cfg: dict, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
+    """The run folder of a distillation: out_dir/runs/<dataset>/ipc<IPC>-<key>."""
+    return Path(out_dir) / "runs" / (dataset or cfg["dataset"]) / run_folder(cfg)
+
+
+def random_dir(cfg: dict, ipc: float, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
+    """The folder of a random-real-images baseline."""
+    return Path(out_dir) / "runs" / (dataset or cfg["dataset"]) / f"random-ipc{ipc:g}-{config_key(cfg)}"
+
+
+def full_dir(cfg: dict, epochs: float, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
+    """The folder of a full-dataset baseline."""
+    return Path(out_dir) / "runs" / (dataset or cfg["dataset"]) / f"full-{config_key(cfg)}-ep{epochs:g}"
+
+
+def render_only() -> bool:
+    """True when results must come from the cache only ($PODD_RENDER_ONLY=1)."""
+    return os.environ.get(RENDER_ONLY, "") not in ("", "0")
+
+
+def computed_on(device: str) -> dict:
+    """Where a result was computed: host, device (with the GPU's name) and the SLURM job, if any."""
+    import socket
+
+    import torch
+
+    dev = {"host": socket.gethostname(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    if os.environ.get("SLURM_JOB_ID"):
+        dev["slurm_job"] = os.environ["SLURM_JOB_ID"]
+    return dev
+
+
+def missing_result(folder: Path, base: dict) -> dict:
+    """The placeholder of a result that is not cached: no accuracy, and why (job.json), in its command."""
+    job = folder / "job.json"
+    why = "not computed"
+    if job.exists():
+        info = json.loads(job.read_text())
+        why = f"job {info.get('state', 'failed')}: {info.get('error', '')} (log: {info.get('log', '?')})"
+    return {**base, "missing": True, "why_missing": why, "run_dir": str(folder), "summary": {}, "eval": {},
+            "command": f"MISSING, {why}; computes with: {base.get('command', '')}"}
+
+
+def _clear_progress(folder: Path) -> None:
+    """Remove the evaluation's progress folder once its result is stored."""
+    import shutil
+
+    shutil.rmtree(folder / "eval-progress", ignore_errors=True)
 
 
 def device_name(device: str = "auto") -> str:
@@ -109,17 +171,28 @@ def distill_and_evaluate(
     tag: str = "podd",
     force: bool = False,
     device: str = "auto",
+    report: Report | None = None,
 ) -> dict:
-    """Distill a poster with a resolved config and evaluate it; cached by config hash."""
+    """Distill a poster with a resolved config and evaluate it; cached by config hash.
+
+    report(phase, step, total) follows progress: phase 'distill', then 'eval soft' and 'eval hard'.
+    """
     from ..run import adapt_config_to_data, distill, geometry_from_config, load_run, order_for
     from ..evaluate import evaluate_distilled
 
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
-    geometry_from_config(cfg)  # bad geometry fails before any data is read
-    run_dir = Path(out_dir) / "runs" / dataset / run_folder(cfg)
+    geom0 = geometry_from_config(cfg)  # bad geometry fails before any data is read
+    run_dir = distill_dir(cfg, out_dir, dataset)
     result_path = run_dir / "result.json"
     if result_path.exists() and not force:
         return json.loads(result_path.read_text())
+    command = (f"podd distill --dataset {dataset} --ipc {ipc} --profile {profile}{set_flags(overrides)} "
+               f"--out {run_dir} && podd evaluate {run_dir}")
+    if render_only():
+        return missing_result(run_dir, {
+            "tag": tag, "dataset": dataset, "ipc": ipc, "exact_ipc": geom0.ipc, "profile": profile,
+            "config_key": config_key(cfg), "geometry": geom0.to_dict(), "label_kind": cfg["label_kind"],
+            "steps": cfg["steps"], "seconds_per_step_median": None, "command": command, "config": cfg})
     if force and run_dir.exists():
         import shutil
 
@@ -131,10 +204,12 @@ def distill_and_evaluate(
     order = order_for(cfg, list(real.classes), geom)
     t0 = time.perf_counter()
     resume = (run_dir / "checkpoint.pt").exists()
-    st = distill(cfg, real, order, run_dir, resume=resume, device=dev, progress=progress_enabled())
+    st = distill(cfg, real, order, run_dir, resume=resume, device=dev, progress=progress_enabled(),
+                 on_step=None if report is None else (lambda k, n: report("distill", k, n)))
     seconds = time.perf_counter() - t0
     run = load_run(run_dir)
-    ev = evaluate_distilled(run["x"], run["y"], real, **_eval_kwargs(cfg, dev))
+    ev = evaluate_distilled(run["x"], run["y"], real, **_eval_kwargs(cfg, dev), resume_dir=run_dir / "eval-progress",
+                            on_step=None if report is None else (lambda kind, k, n: report(f"eval {kind}", k, n)))
     step_secs = [r["seconds"] for r in st.history]
     result = {
         "tag": tag, "dataset": dataset, "ipc": ipc, "exact_ipc": geom.ipc, "profile": profile,
@@ -142,20 +217,16 @@ def distill_and_evaluate(
         "label_kind": cfg["label_kind"], "steps": st.step,
         "seconds_per_step_median": statistics.median(step_secs) if step_secs else None,
         "seconds_distill_this_call": seconds, "eval": ev, "summary": summarize_eval(ev),
-        "command": f"podd distill --dataset {dataset} --ipc {ipc} --profile {profile}{set_flags(overrides)} "
-        f"--out {run_dir} && podd evaluate {run_dir}",
-        "config": cfg,
+        "command": command, "config": cfg, "computed_on": computed_on(dev),
     }
     atomic_write_json(result_path, result)
+    _clear_progress(run_dir)
     return result
 
 
-def algorithm_run(
-    dataset: str, algorithm: str, representation: str, sampling: str, profile: str,
-    out_dir: str | os.PathLike = "outputs", overrides: dict | None = None, data_root: str | None = None,
-    force: bool = False, device: str = "auto", ipc: float = 1.0,
-) -> dict:
-    """One cell of notebook 07: an algorithm on the poster or the tiling, with random or DREAM batches."""
+def algorithm_overrides(dataset: str, algorithm: str, representation: str, sampling: str, profile: str,
+                        out_dir: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """The config overrides of one notebook-07 cell (the tiling's patch grid, MTT's experts folder)."""
     if representation not in ("poster", "tiling"):
         raise PoddError(f"representation must be poster or tiling, got {representation!r}")
     over = {"algorithm": algorithm, "sampling": sampling, **(overrides or {})}
@@ -163,57 +234,83 @@ def algorithm_run(
         over = {**tiling_overrides(dataset, profile), **over}
     if algorithm == "mtt":  # experts live beside the runs and are shared by every MTT run
         over.setdefault("experts_root", str(Path(out_dir) / "experts"))
+    return over
+
+
+def algorithm_run(
+    dataset: str, algorithm: str, representation: str, sampling: str, profile: str,
+    out_dir: str | os.PathLike = "outputs", overrides: dict | None = None, data_root: str | None = None,
+    force: bool = False, device: str = "auto", ipc: float = 1.0, report: Report | None = None,
+) -> dict:
+    """One cell of notebook 07: an algorithm on the poster or the tiling, with random or DREAM batches."""
+    over = algorithm_overrides(dataset, algorithm, representation, sampling, profile, out_dir, overrides)
     result = distill_and_evaluate(dataset, ipc, profile, out_dir, over, data_root, tag=f"{algorithm}-{representation}",
-                                  force=force, device=device)
+                                  force=force, device=device, report=report)
     return {**result, "algorithm": algorithm, "representation": representation, "sampling": sampling}
 
 
 def random_real_baseline(
     dataset: str, ipc: float, profile: str, out_dir: str | os.PathLike = "outputs", overrides: dict | None = None,
-    data_root: str | None = None, force: bool = False, device: str = "auto",
+    data_root: str | None = None, force: bool = False, device: str = "auto", report: Report | None = None,
 ) -> dict:
     """Random real images within the same pixel budget, under the same protocol; cached."""
     from ..evaluate import evaluate_distilled, random_real_subset
 
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
-    path = Path(out_dir) / "runs" / dataset / f"random-ipc{ipc:g}-{config_key(cfg)}" / "result.json"
+    folder = random_dir(cfg, ipc, out_dir, dataset)
+    path = folder / "result.json"
     if path.exists() and not force:
         return json.loads(path.read_text())
+    command = f"podd evaluate --baseline random --dataset {dataset} --ipc {ipc} --profile {profile}{set_flags(overrides)}"
+    base = {"tag": "random", "dataset": dataset, "ipc": ipc, "profile": profile, "config_key": config_key(cfg),
+            "command": command}
+    if render_only():
+        return missing_result(folder, base)
     real = load_real(cfg, data_root)
     x, y = random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=ipc, seed=cfg["seed"])
-    ev = evaluate_distilled(x, y, real, with_hard_labels=False, **_eval_kwargs(cfg, device_name(device)))
-    result = {"tag": "random", "dataset": dataset, "ipc": ipc, "profile": profile, "n_images": int(x.shape[0]),
-              "eval": ev, "summary": summarize_eval(ev), "config_key": config_key(cfg),
-              "command": f"podd evaluate --baseline random --dataset {dataset} --ipc {ipc} --profile {profile}"
-              f"{set_flags(overrides)}"}
+    dev = device_name(device)
+    ev = evaluate_distilled(x, y, real, with_hard_labels=False, **_eval_kwargs(cfg, dev),
+                            resume_dir=folder / "eval-progress",
+                            on_step=None if report is None else (lambda kind, k, n: report(f"eval {kind}", k, n)))
+    result = {**base, "n_images": int(x.shape[0]), "eval": ev, "summary": summarize_eval(ev),
+              "computed_on": computed_on(dev)}
     atomic_write_json(path, result)
+    _clear_progress(folder)
     return result
 
 
 def full_data_baseline(
     dataset: str, profile: str, out_dir: str | os.PathLike = "outputs", overrides: dict | None = None,
     data_root: str | None = None, force: bool = False, device: str = "auto", epochs: float | None = None,
+    report: Report | None = None,
 ) -> dict:
     """The same network trained on the whole (profile-sliced) training set; cached."""
     from ..evaluate import full_dataset_baseline
 
     cfg = resolve_config(dataset, 1.0, profile, overrides or {})
     ep = epochs if epochs is not None else cfg["full_epochs"]
-    path = Path(out_dir) / "runs" / dataset / f"full-{config_key(cfg)}-ep{ep:g}" / "result.json"
+    folder = full_dir(cfg, ep, out_dir, dataset)
+    path = folder / "result.json"
     if path.exists() and not force:
         return json.loads(path.read_text())
+    base = {"tag": "full", "dataset": dataset, "profile": profile, "epochs": ep, "config_key": config_key(cfg),
+            "command": f"podd evaluate --baseline full --dataset {dataset} --profile {profile} --epochs {ep:g}"
+            f"{set_flags(overrides)}"}
+    if render_only():
+        return missing_result(folder, base)
     real = load_real(cfg, data_root)
+    dev = device_name(device)
     r = full_dataset_baseline(
         real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes), arch=cfg["arch"],
-        epochs=ep, augmentation=cfg["real_aug"], seed=cfg["seed"], device=device_name(device),
+        epochs=ep, augmentation=cfg["real_aug"], seed=cfg["seed"], device=dev,
         progress=progress_enabled(),
         arch_kwargs={"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]},
+        state_path=folder / "eval-progress" / "full.pt",
+        on_step=None if report is None else (lambda k, n: report("train full", k, n)),
     )
-    result = {"tag": "full", "dataset": dataset, "profile": profile, "epochs": ep, "eval": r,
-              "config_key": config_key(cfg),
-              "command": f"podd evaluate --baseline full --dataset {dataset} --profile {profile} --epochs {ep:g}"
-              f"{set_flags(overrides)}"}
+    result = {**base, "eval": r, "computed_on": computed_on(dev)}
     atomic_write_json(path, result)
+    _clear_progress(folder)
     return result
 
 

@@ -230,8 +230,32 @@ def notebook_sections(out_dir: Path, results: list[dict]) -> list[str]:
     return [line for res in results for line in notebook_section(res, out_dir, shown)]
 
 
-# The report's sections in order: the paper's claims first, then the profile header and one section per notebook.
-SECTIONS: tuple[Section, ...] = (claims.section, header_section, notebook_sections)
+def where_section(out_dir: Path, results: list[dict]) -> list[str]:
+    """Where each cached run was computed (host, device, SLURM job), and the runs whose job failed, with logs."""
+    where: dict[tuple, list[str]] = {}
+    failed = []
+    for folder in sorted(p for p in (out_dir / "runs").glob("*/*") if p.is_dir()):
+        res, job = folder / "result.json", folder / "job.json"
+        if res.exists():
+            on = json.loads(res.read_text()).get("computed_on") or {}
+            key = (on.get("host", "not recorded"), on.get("device_name") or on.get("device", "not recorded"))
+            where.setdefault(key, []).append(folder.name)
+        elif job.exists():
+            info = json.loads(job.read_text())
+            if info.get("state") == "failed":
+                failed.append(f"- `{folder.name}`: {info.get('error', 'failed')} (log: `{info.get('log')}`)")
+    if not where and not failed:
+        return []
+    lines = ["## Where the runs were computed", "", "| host | device | runs |", "| --- | --- | --- |"]
+    lines += [f"| {h} | {d} | {len(v)} |" for (h, d), v in sorted(where.items())]
+    if failed:
+        lines += ["", f"**{len(failed)} runs failed** (their rows show a dash):", ""] + failed
+    return lines + [""]
+
+
+# The report's sections in order: the paper's claims first, then the profile header, one section per notebook,
+# and where the runs were computed.
+SECTIONS: tuple[Section, ...] = (claims.section, header_section, notebook_sections, where_section)
 
 
 def build_report(out_dir: str | os.PathLike = "outputs", sections: Sequence[Section] = SECTIONS) -> str:

@@ -1,0 +1,354 @@
+"""The plan of a `run_all.sh` call: every run its notebooks need, from the configs alone, with what is cached.
+
+Each notebook's runs are listed by the same calls the notebook makes (kit.studies), through a
+session that records them instead of running them. A run in the plan is plain data: its kind
+(distill, random or full baseline), dataset, IPC, overrides, tag, run key, folder, the command that
+computes it, whether its result is cached, and an estimated time. The estimate is outer steps x
+seconds per outer step + evaluation steps x models x seconds per model step; the rates come from
+cached results of the same profile where there are any, else from configs/estimates.toml, and the
+plan says which.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from ..config import TRAIN_SIZES, resolve_config
+from ..errors import PoddError
+from . import experiments, studies
+from .session import Session
+
+FULL_BATCH = 256  # the full-dataset baseline's batch (evaluate.full_dataset_baseline's default)
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+
+def notebook_names(notebooks_dir: str | os.PathLike) -> list[str]:
+    """The notebooks run_all.sh runs, in order: notebooks/<digits>_*.ipynb."""
+    return sorted(p.stem for p in Path(notebooks_dir).glob("[0-9]*.ipynb"))
+
+
+def select_notebooks(names: Sequence[str], only: str | None) -> list[str]:
+    """The notebooks `--only` selects (full names or their number prefixes); PoddError if it selects none."""
+    if not only:
+        return list(names)
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    chosen = [n for n in names if n in wanted or n.split("_")[0] in wanted]
+    unknown = [w for w in wanted if not any(n == w or n.split("_")[0] == w for n in names)]
+    if unknown or not chosen:
+        raise PoddError(f"--only {only!r} matches no notebook ({', '.join(unknown) or only}); "
+                        f"notebooks: {', '.join(n.split('_')[0] for n in names)}")
+    return chosen
+
+
+def notebook_params(path: str | os.PathLike) -> dict[str, Any]:
+    """The literal defaults of a notebook's first code cell (its papermill parameters): name -> value."""
+    nb = json.loads(Path(path).read_text())
+    cell = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    params = {}
+    for node in ast.parse("".join(cell["source"])).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                params[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue  # os.environ.get(...): run_all.sh passes these
+    return params
+
+
+# ----------------------------------------------------------------------------- recording session
+
+
+def _spec(kind: str, folder: Path, base: dict, cfg: dict, notebook: str, root: str) -> dict:
+    """One planned run as plain data (folder as the notebooks see it, from root)."""
+    return {"kind": kind, "folder": str(folder), "result": str(folder / "result.json"), **base,
+            "config_key": experiments.config_key(cfg), "cached": (Path(root) / folder / "result.json").exists(),
+            "steps": cfg["steps"] if kind == "distill" else 0, "algorithm": cfg["algorithm"],
+            "eval_models": cfg["eval_models"], "eval_steps": cfg["eval_steps"][-1],
+            "notebooks": [notebook]}
+
+
+@dataclass
+class PlanSession(Session):
+    """A Session whose runs are recorded as plan entries, not run; each returns its cached result or a placeholder."""
+
+    notebook: str = ""
+    root: str = "notebooks"  # the notebooks' working directory, from which out_dir is seen
+    runs: list[dict] = field(default_factory=list)
+
+    def _add(self, spec: dict) -> dict:
+        """Record a run; its result stands in for the notebook's (cached, else a placeholder)."""
+        self.runs.append(spec)
+        path = Path(self.root) / spec["result"]
+        return json.loads(path.read_text()) if spec["cached"] else {**spec, "summary": {}, "eval": {}}
+
+    def _distill_spec(self, dataset: str, ipc: float, overrides: dict, tag: str) -> dict:
+        """A distill-and-evaluate run."""
+        cfg = resolve_config(dataset, ipc, self.profile, overrides)
+        command = (f"podd distill --dataset {dataset} --ipc {ipc} --profile {self.profile}"
+                   f"{experiments.set_flags(overrides)} --out {experiments.distill_dir(cfg, self.out_dir, dataset)}")
+        base = {"dataset": dataset, "ipc": ipc, "profile": self.profile, "overrides": overrides, "tag": tag,
+                "command": command + f" && podd evaluate {experiments.distill_dir(cfg, self.out_dir, dataset)}"}
+        return _spec("distill", experiments.distill_dir(cfg, self.out_dir, dataset), base, cfg, self.notebook, self.root)
+
+    def distill(self, ipc: float, overrides: dict | None = None, tag: str = "podd", dataset: str | None = None,
+                seeds: Sequence[int] | None = None) -> list[dict]:
+        """Record one distill-and-evaluate run per seed."""
+        ds = dataset or self.dataset
+        return [self._add(self._distill_spec(ds, ipc, {**(overrides or {}), "seed": seed}, tag))
+                for seed in (seeds or self.seeds)]
+
+    def random_baseline(self, ipc: float = 1.0, dataset: str | None = None) -> list[dict]:
+        """Record the random-real-images baseline, one per seed."""
+        ds, out = dataset or self.dataset, []
+        for seed in self.seeds:
+            over = {"seed": seed}
+            cfg = resolve_config(ds, ipc, self.profile, over)
+            base = {"dataset": ds, "ipc": ipc, "profile": self.profile, "overrides": over, "tag": "random",
+                    "command": f"podd evaluate --baseline random --dataset {ds} --ipc {ipc} --profile {self.profile}"
+                    f"{experiments.set_flags(over)}"}
+            spec = _spec("random", experiments.random_dir(cfg, ipc, self.out_dir, ds), base, cfg, self.notebook, self.root)
+            out.append(self._add({**spec, "eval_phases": 1}))
+        return out
+
+    def full_baseline(self, dataset: str | None = None) -> list[dict]:
+        """Record the full-dataset baseline, one per seed."""
+        ds, out = dataset or self.dataset, []
+        for seed in self.seeds:
+            over = {"seed": seed}
+            cfg = resolve_config(ds, 1.0, self.profile, over)
+            ep = cfg["full_epochs"]
+            n_train = cfg["train_per_class"] * cfg["n_classes"] if cfg["train_per_class"] else TRAIN_SIZES.get(ds, 0)
+            base = {"dataset": ds, "ipc": 1.0, "profile": self.profile, "overrides": over, "tag": "full",
+                    "command": f"podd evaluate --baseline full --dataset {ds} --profile {self.profile} --epochs {ep:g}"
+                    f"{experiments.set_flags(over)}"}
+            spec = _spec("full", experiments.full_dir(cfg, ep, self.out_dir, ds), base, cfg, self.notebook, self.root)
+            steps = math.ceil(ep * max(1, n_train // FULL_BATCH))
+            out.append(self._add({**spec, "eval_models": 1, "eval_steps": steps, "eval_phases": 1}))
+        return out
+
+    def algorithm(self, algorithm: str, representation: str, sampling: str, overrides: dict | None = None,
+                  dataset: str | None = None) -> dict:
+        """Record one notebook-07 cell (a distill-and-evaluate run with the algorithm's overrides)."""
+        ds = dataset or self.dataset
+        over = experiments.algorithm_overrides(ds, algorithm, representation, sampling, self.profile, self.out_dir,
+                                               overrides)
+        return self._add(self._distill_spec(ds, 1.0, over, f"{algorithm}-{representation}"))
+
+
+def _param(params: dict, name: str, default: Any = None) -> Any:
+    """A notebook parameter's value."""
+    return params.get(name, default)
+
+
+def _runs_00(s: PlanSession, p: dict) -> None:
+    """Notebook 00: the quickstart poster."""
+    s.distill(_param(p, "ipc", 1.0), tag="quickstart")
+
+
+def _runs_02(s: PlanSession, p: dict) -> None:
+    """Notebook 02: Table 1's IPC grid, the tiling, the full dataset."""
+    studies.table1_runs(s, studies.table1_ipcs(s, _param(p, "ipcs")), _param(p, "run_full", True))
+
+
+def _runs_03(s: PlanSession, p: dict) -> None:
+    """Notebook 03: Table 2 at 1 IPC."""
+    studies.table2_runs(s, _param(p, "run_full", True))
+
+
+def _runs_04(s: PlanSession, p: dict) -> None:
+    """Notebook 04: figure 6's patch grids (500 steps under paper)."""
+    extra = {"steps": 500} if s.profile in ("paper", "paper-text") else {}
+    studies.figure6_runs(s, studies.figure6_grids(s.profile, _param(p, "patch_grids")), extra)
+
+
+def _runs_05(s: PlanSession, p: dict) -> None:
+    """Notebook 05: the paper's class order and random ones (250 steps under paper)."""
+    extra = {"steps": 250} if s.profile in ("paper", "paper-text") else {}
+    for spec in studies.class_orders(s.profile, _param(p, "n_random_orders", 5)):
+        s.distill(_param(p, "ipc", 0.3), {"order": spec, **extra})
+
+
+def _runs_06(s: PlanSession, p: dict) -> None:
+    """Notebook 06: the 1-IPC poster and figure 9's per-class posters."""
+    s.distill(1.0, seeds=s.seeds[:1])
+    over = {"per_class_posters": True, "labels": "fixed", "patch_grid": list(_param(p, "fig9_patch_grid", [10, 10]))}
+    s.distill(_param(p, "fig9_ipc", 10), over, tag="per-class", seeds=s.seeds[:1])
+
+
+def _runs_07(s: PlanSession, p: dict) -> None:
+    """Notebook 07: every algorithm on the tiling and the poster."""
+    plan = studies.algorithm_plan(p["algorithms"], p["representations"], p["samplings"])
+    studies.algorithm_runs(s, plan, {"init": _param(p, "init", "normal"), "seed": s.seeds[0]})
+
+
+# The runs of each notebook, by number, mirroring the notebook's own calls (a test renders the smoke
+# notebooks from a plan's results alone, so a notebook that asks for more fails it).
+NOTEBOOK_RUNS: dict[str, Callable[[PlanSession, dict], None]] = {
+    "00": _runs_00, "02": _runs_02, "03": _runs_03, "04": _runs_04, "05": _runs_05, "06": _runs_06, "07": _runs_07}
+
+# The notebooks that fix their dataset (paper figures on CIFAR-10), as kit.setup(..., dataset=...) does.
+FIXED_DATASET = {"04": "cifar10", "05": "cifar10", "06": "cifar10", "07": "cifar10"}
+
+
+# ----------------------------------------------------------------------------- estimates
+
+
+def default_rates(profile: str) -> dict:
+    """configs/estimates.toml's rates for a profile: seconds per outer step and per model step, and their basis."""
+    text = resources.files("podd_lib").joinpath("configs/estimates.toml").read_text()
+    table = tomllib.loads(text)
+    if profile not in table:
+        raise PoddError(f"configs/estimates.toml has no [{profile}] table")
+    return table[profile]
+
+
+def measured_rates(out_dir: str | os.PathLike, profile: str) -> dict:
+    """Medians over cached results of one profile: seconds per outer step (by algorithm) and per model step."""
+    step: dict[str, list[float]] = {}
+    model_step: list[float] = []
+    for path in Path(out_dir, "runs").glob("*/*/result.json"):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if r.get("profile") != profile:
+            continue
+        if r.get("seconds_per_step_median"):
+            algo = (r.get("config") or {}).get("algorithm", "ratbptt")
+            step.setdefault(algo, []).append(float(r["seconds_per_step_median"]))
+        soft = (r.get("eval") or {}).get("soft") or {}
+        if soft.get("seconds") and soft.get("num_models") and soft.get("by_step"):
+            model_step.append(soft["seconds"] / (soft["num_models"] * soft["by_step"][-1]["step"]))
+    return {"step": {a: statistics.median(v) for a, v in step.items()},
+            "model_step": statistics.median(model_step) if model_step else None,
+            "n_step": sum(len(v) for v in step.values()), "n_model_step": len(model_step)}
+
+
+def estimate(run: dict, rates: dict) -> float:
+    """Seconds a run should take: outer steps x s/step + evaluation phases x steps x models x s/model step."""
+    sps = rates["step"].get(run["algorithm"], rates["step_default"])
+    phases = run.get("eval_phases", 2)
+    return run["steps"] * sps + phases * run["eval_steps"] * run["eval_models"] * rates["model_step"]
+
+
+def rates_for(out_dir: str | os.PathLike, profile: str, seconds_per_step: float | None = None) -> dict:
+    """The rates an estimate uses, measured where cached results allow, with a one-line basis each."""
+    d, m = default_rates(profile), measured_rates(out_dir, profile)
+    if seconds_per_step is not None:
+        step, step_default = {}, float(seconds_per_step)
+        step_basis = f"{seconds_per_step:g} s per outer step, given on the command line"
+    elif m["step"]:
+        step, step_default = m["step"], statistics.median(m["step"].values())
+        step_basis = (f"measured: median s/step of {m['n_step']} cached {profile} results, by algorithm "
+                      + ", ".join(f"{a} {v:.3g}" for a, v in sorted(m["step"].items())))
+    else:
+        step, step_default = {}, float(d["seconds_per_step"])
+        step_basis = f"default {d['seconds_per_step']:g} s per outer step ({d['step_basis']})"
+    if m["model_step"] is not None:
+        model_step = m["model_step"]
+        model_basis = f"measured: median of {m['n_model_step']} cached {profile} evaluations, {model_step:.3g} s per model step"
+    else:
+        model_step = float(d["seconds_per_model_step"])
+        model_basis = f"default {model_step:g} s per model step ({d['model_step_basis']})"
+    return {"step": step, "step_default": step_default, "model_step": model_step,
+            "basis": [step_basis, model_basis]}
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def build_plan(profile: str, only: str | None = None, datasets: Sequence[str] | None = None,
+               notebooks_dir: str | os.PathLike = "notebooks", out_dir: str = "../outputs",
+               seconds_per_step: float | None = None) -> dict:
+    """The plan: notebooks, their runs (deduplicated, in first-use order), cached or not, estimated seconds.
+
+    out_dir is seen from notebooks_dir, as the notebooks see it (run_all.sh passes ../outputs), so
+    folders and commands are the ones the notebooks record.
+    """
+    resolve_config("cifar10", 1.0, profile)  # an unknown profile fails here, in one line
+    names = select_notebooks(notebook_names(notebooks_dir), only)
+    out = str(Path(out_dir) / "smoke") if profile == "smoke" else str(out_dir)
+    base = Path(notebooks_dir)
+    runs: dict[str, dict] = {}
+    per_nb: dict[str, list[str]] = {}
+    for name in names:
+        params = notebook_params(base / f"{name}.ipynb")
+        nb_datasets = list(datasets) if datasets else list(params.get("datasets") or ["cifar10"])
+        num = name.split("_")[0]
+        s = PlanSession(name, profile, out, "", "auto", False, nb_datasets,
+                        [int(x) for x in params.get("seeds", [0])], FIXED_DATASET.get(num, nb_datasets[0]), 1,
+                        notebook=name, root=str(base))
+        if num in NOTEBOOK_RUNS:
+            NOTEBOOK_RUNS[num](s, params)
+        per_nb[name] = []
+        for r in s.runs:
+            if r["folder"] in runs:
+                if name not in runs[r["folder"]]["notebooks"]:
+                    runs[r["folder"]]["notebooks"].append(name)
+            else:
+                runs[r["folder"]] = r
+            if r["folder"] not in per_nb[name]:
+                per_nb[name].append(r["folder"])
+    rates = rates_for(base / out, profile, seconds_per_step)
+    for r in runs.values():
+        r["estimate_s"] = 0.0 if r["cached"] else estimate(r, rates)
+        r["full_estimate_s"] = estimate(r, rates)
+    notebooks = [{"name": n, "runs": per_nb[n],
+                  "estimate_s": sum(runs[f]["estimate_s"] for f in per_nb[n] if runs[f]["notebooks"][0] == n),
+                  "full_estimate_s": sum(runs[f]["full_estimate_s"] for f in per_nb[n])} for n in names]
+    return {"profile": profile, "out_dir": out, "notebooks": notebooks, "runs": list(runs.values()),
+            "basis": rates["basis"], "estimate_s": sum(r["estimate_s"] for r in runs.values()),
+            "full_estimate_s": sum(r["full_estimate_s"] for r in runs.values())}
+
+
+def fmt_seconds(sec: float) -> str:
+    """'45 s', '12 min', '3.4 h', '27.0 d'."""
+    if sec < 90:
+        return f"{sec:.0f} s"
+    if sec < 5400:
+        return f"{sec / 60:.0f} min"
+    if sec < 2 * 86400:
+        return f"{sec / 3600:.1f} h"
+    return f"{sec / 86400:.1f} d"
+
+
+def run_label(run: dict) -> str:
+    """A run in a few words: 'cifar10 ipc0.5 podd seed 0' (+ what its overrides change)."""
+    over = {k: v for k, v in (run.get("overrides") or {}).items() if k not in ("seed", "experts_root")}
+    extra = " ".join(f"{k}={v}" for k, v in over.items() if k not in ("patch_grid",) or run["tag"] != "ratbptt")
+    return f"{run['dataset']} ipc{run['ipc']:g} {run['tag']}" + (f" {extra}" if extra else "")
+
+
+def plan_text(plan: dict) -> str:
+    """The plan as the lines run_all.sh prints: one per notebook, one per run, the totals and their basis."""
+    runs = {r["folder"]: r for r in plan["runs"]}
+    cached = sum(r["cached"] for r in plan["runs"])
+    lines = [f"plan: profile {plan['profile']}, {len(plan['notebooks'])} notebooks, {len(runs)} runs "
+             f"({cached} cached, {len(runs) - cached} to compute), estimated {fmt_seconds(plan['estimate_s'])} "
+             f"(all runs from scratch: {fmt_seconds(plan['full_estimate_s'])})"]
+    for nb in plan["notebooks"]:
+        todo = sum(not runs[f]["cached"] for f in nb["runs"])
+        lines.append(f"  {nb['name']}: {len(nb['runs'])} runs, {todo} to compute, "
+                     f"~{fmt_seconds(nb['estimate_s'])} (from scratch {fmt_seconds(nb['full_estimate_s'])})")
+        for f in nb["runs"]:
+            r = runs[f]
+            state = "cached" if r["cached"] else f"~{fmt_seconds(r['estimate_s'])}"
+            shared = "" if r["notebooks"][0] == nb["name"] else f" (from {r['notebooks'][0].split('_')[0]})"
+            lines.append(f"    {'.' if r['cached'] else '*'} {run_label(r):48s} {r['kind']:7s} "
+                         f"{r['steps']:>6} steps  {state}{shared}  {r['folder']}")
+    lines += [f"  basis: {b}" for b in plan["basis"]]
+    return "\n".join(lines)
