@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: unit/integration tests under tests/, then the notebooks (nbval).
+# The whole test suite, in three groups:
+#   tests/unit/         the method and the kit, function by function, on small tensors (seconds)
+#   tests/integration/  the real CLI, real CIFAR-10, run folders, resume, determinism, executors, the browser
+#   notebooks/          every notebook executed under the smoke profile by nbval
 #
 #   ./run_tests.sh                # everything
 #   ./run_tests.sh -k poster      # extra arguments go to the pytest run over tests/
@@ -36,11 +39,8 @@ run_unit_tests() {
     "$PY" -m pytest -q tests "$@"
 }
 
-# ---------------------------------------------------------------------------------------------
-# NOTEBOOK CHECKS -- the lead extends this part when the notebooks land.
-# Every notebook under notebooks/ is executed by nbval in the current environment with the
-# smoke profile; --nbval-lax only compares outputs of cells marked with `# NBVAL_CHECK_OUTPUT`.
-# ---------------------------------------------------------------------------------------------
+# Notebook checks: every notebook under notebooks/ is executed by nbval in the current environment
+# with the smoke profile; --nbval-lax only compares outputs of cells marked with `# NBVAL_CHECK_OUTPUT`.
 run_notebook_checks() {
     if ! compgen -G "notebooks/*.ipynb" >/dev/null; then
         echo "run_tests: no notebooks under notebooks/ yet; skipping the notebook checks"

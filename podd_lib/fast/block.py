@@ -5,7 +5,7 @@ Instance norm is group norm with one channel per group (mean / biased variance o
 1e-5, per-channel affine). Outside torch.func transforms a ConvNet block with instance norm and
 average pooling runs as one autograd Function, `_ConvBlockFn`, with a hand-written backward and
 double backward (RaT-BPTT differentiates through the inner steps' gradients). Checked by
-gradgradcheck and against autograd in tests/test_models.py; it keeps less than half the memory
+gradgradcheck and against autograd in tests/unit/test_models.py; it keeps less than half the memory
 per unrolled step (see benchmarks/README.md) and makes fewer activation-sized temporaries. On the
 CPU, in float32 channels-last, its elementwise work (norm, ReLU, pool and their derivatives) runs in
 compiled kernels (`podd_lib.fast.kernels`) where they build; elsewhere in PyTorch ops. Under vmap
@@ -44,7 +44,7 @@ class _InstanceNormFn(torch.autograd.Function):
     the rest of the network's double backward. Here every pass is a per-(image, channel) scalar
     times an activation-sized tensor (formulas in `_InstanceNormGrad`), in whatever memory layout
     the input has (channels-last included). Checked by gradgradcheck and against F.group_norm's
-    first and second derivatives in tests/test_models.py.
+    first and second derivatives in tests/unit/test_models.py.
     """
 
     @staticmethod

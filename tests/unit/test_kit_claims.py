@@ -83,7 +83,7 @@ def test_readme_claims_block_is_computed_from_the_committed_results():
 
     from podd_lib.kit.report import load_results
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text(encoding="utf-8")
     assert claims.update_readme(readme, load_results(root / "outputs")) == readme, \
         "README's claims table is stale: run `python -m podd_lib.kit readme outputs README.md`"

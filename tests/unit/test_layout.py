@@ -17,9 +17,9 @@ from podd_lib.kit.experiments import config_key
 from podd_lib.fast import resolve_backend
 from podd_lib.models import InstanceNorm
 from podd_lib.run import apply_backend, build_problem, distill, model_for
-from tests.test_distill import ORDER, fake_real, tiny_cfg
+from tests.integration.test_distill import ORDER, fake_real, tiny_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def all_modules() -> list[str]:

@@ -25,7 +25,7 @@ from podd_lib.kit.experiments import config_key
 from podd_lib.poster import extract_windows, make_geometry, patch_offsets
 from podd_lib.determinism import deterministic_mode
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 THREADS = 2
 STEPS = 3
 

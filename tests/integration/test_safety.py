@@ -87,7 +87,7 @@ def test_every_option_shows_its_default_and_the_profile_matches_run_all():
                     (name, action.dest)
         if "--profile" in text:
             assert "default: quick" in " ".join(text.split())
-    run_all = open(os.path.join(os.path.dirname(__file__), "..", "run_all.sh")).read()
+    run_all = open(os.path.join(os.path.dirname(__file__), "..", "..", "run_all.sh")).read()
     assert 'PROFILE="quick"' in run_all or "PROFILE=quick" in run_all or "profile: quick" in run_all
 
 

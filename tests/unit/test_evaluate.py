@@ -181,7 +181,7 @@ def test_bad_input_raises_before_compute():
 
 
 def test_channels_last_loop_gives_the_same_models_and_accuracy(monkeypatch):
-    """Issue #6: the loop over models runs channels-last batches through the fused block; same results."""
+    """The loop over models runs channels-last batches through the fused block; same results."""
     import podd_lib.evaluate as ev
 
     x, y = blobs(24, dtype=torch.float64)

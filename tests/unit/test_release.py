@@ -147,7 +147,7 @@ def test_defaults_and_quick_keep_the_text_and_its_keys():
 
 def test_paper_run_keys():
     # The release's behaviour is a different run; restoring the text's four values under `paper`
-    # gives back the paper profile's earlier keys (tests/test_layout.py pins them).
+    # gives back the paper profile's earlier keys (tests/unit/test_layout.py pins them).
     paper = config_key(resolve_config("cifar10", 0.5, "paper"))
     text = config_key(resolve_config("cifar10", 0.5, "paper-text"))
     assert paper == "84340de30e71" and text == "3c8dd66e7848"

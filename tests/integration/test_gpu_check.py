@@ -14,7 +14,7 @@ from podd_lib.errors import PoddError
 from podd_lib.fast import resolve_backend
 from podd_lib.kit.experiments import config_key
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cifar10_root() -> Path | None:

@@ -37,7 +37,7 @@ def test_resume_gives_the_same_poster_as_an_uninterrupted_run(tmp_path):
     assert part.step == 2 and not (tmp_path / "part" / "poster.pt").exists()
     resumed = distill(cfg, real, ORDER, tmp_path / "part", resume=True, progress=False)
     assert resumed.step == 4
-    # bitwise: every sum runs in a fixed order at a fixed thread count (tests/test_determinism.py)
+    # bitwise: every sum runs in a fixed order at a fixed thread count (tests/integration/test_determinism.py)
     assert torch.equal(full.poster, resumed.poster)
     assert torch.equal(full.Y, resumed.Y)  # 0.5 IPC on CIFAR-10: learned labels
     assert not torch.allclose(full.poster, part.poster, atol=1e-6, rtol=0)  # the test can fail

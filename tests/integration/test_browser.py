@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.browser, pytest.mark.realdata, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = "00_quickstart.ipynb"
 SCREENSHOT = REPO / "outputs" / "smoke" / "browser" / "quickstart.png"
 SERVER_START_S = 120

@@ -21,7 +21,7 @@ import torch
 from podd_lib.errors import PoddError
 from podd_lib.kit import jobs, plan
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _scratch(tmp_path: Path) -> Path:
