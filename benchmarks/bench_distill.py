@@ -264,12 +264,12 @@ BEFORE = {"real_chunk": 0, "channels_last": False, "cpu_kernels": False}
 
 def use_plain_layers() -> None:
     """The ConvNet as separate layers: F.group_norm and autograd's generic double backward."""
-    import podd_lib.evaluate as evaluate
+    import podd_lib.training as training
     import podd_lib.fast.block as block
 
     global BLOCK_IMPL
     block._under_functorch = lambda x: True
-    evaluate.CHANNELS_LAST = False
+    training.CHANNELS_LAST = False
     BLOCK_IMPL = "layers"
 
 

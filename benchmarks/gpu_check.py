@@ -350,6 +350,7 @@ def meta_checks(device: str, over: dict) -> list[dict]:
 def eval_checks(device: str, width: int, models: int, steps: int) -> list[dict]:
     """The vmapped evaluation step against the loop over models (gradients), and both trainings side by side."""
     from podd_lib import evaluate as ev
+    from podd_lib import training
     from podd_lib.models import make_model, set_backend, stacked_fresh
 
     g = torch.Generator().manual_seed(3)
@@ -360,10 +361,10 @@ def eval_checks(device: str, width: int, models: int, steps: int) -> list[dict]:
     with torch.device("meta"):
         base = set_backend(fn(), device == "cpu")  # the evaluation's default backend rule
     params, buffers = stacked_fresh(fn, list(range(models)), device)
-    idx = ev.random_batches(96, models, 96, g)
+    idx = training.random_batches(96, models, 96, g)
     xb, yb = x[idx].to(device), y[idx].to(device)
-    gv, lv = ev._vmapped_grads(base, params, buffers, xb, yb)
-    gl, ll = ev._sequential_grads(base, params, buffers, xb, yb, channels_last=device == "cpu")
+    gv, lv = training._vmapped_grads(base, params, buffers, xb, yb)
+    gl, ll = training._sequential_grads(base, params, buffers, xb, yb, channels_last=device == "cpu")
     err = rel_err(cat_flat(gv.values()), cat_flat(gl.values()))
     kw = dict(num_models=models, steps=(steps,), arch_kwargs={"width": width}, device=device, progress=False,
               return_params=True)

@@ -156,7 +156,7 @@ def test_compiled_plain_steps_trace_and_match_the_eager_steps():
 
 
 def test_compiled_vmapped_evaluation_step_matches_the_eager_step():
-    from podd_lib import evaluate as ev
+    from podd_lib import training as ev
     from podd_lib.fast.compiled import vmapped_step
     from podd_lib.models import make_model, set_backend, stacked_fresh
     from podd_lib.optim import adam_init, adam_step

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from podd_lib.errors import PoddError
-from podd_lib.evaluate import (eval_rng, evaluate_distilled, full_dataset_baseline, hardened,
-                               random_batches, random_real_subset, save_eval, soft_cross_entropy,
-                               train_and_test)
+from podd_lib.algorithms.base import soft_cross_entropy
+from podd_lib.evaluate import evaluate_distilled, full_dataset_baseline, random_real_subset, save_eval, train_and_test
+from podd_lib.training import eval_rng, hardened, random_batches
 from podd_lib.models import make_model, stacked_fresh
 
 TINY = {"width": 8}
@@ -182,7 +182,7 @@ def test_bad_input_raises_before_compute():
 
 def test_channels_last_loop_gives_the_same_models_and_accuracy(monkeypatch):
     """The loop over models runs channels-last batches through the fused block; same results."""
-    import podd_lib.evaluate as ev
+    import podd_lib.training as ev
 
     x, y = blobs(24, dtype=torch.float64)
     xt, yt = blobs(64, seed=1, dtype=torch.float64)
