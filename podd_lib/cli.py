@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--datasets", help="comma-separated datasets (default: each notebook's)")
     sp.add_argument("--notebooks", default="notebooks", help="the notebooks folder (default: notebooks)")
     sp.add_argument("--seconds-per-step", type=float, help="estimate with this outer-step time (default: measured or configs/estimates.toml)")
-    sp.add_argument("--json", help="also write the plan as JSON to this file")
+    sp.add_argument("--json", help="also write the plan as JSON to this file (default: print only)")
     sp.set_defaults(fn=cmd_plan)
 
     sp = add_parser("export", help="export a run's patches and labels")
