@@ -227,7 +227,7 @@ def figure_png(fig: Any, path: str | os.PathLike | None = None, dpi: int = 110) 
 def explorer(runs: dict[str, dict], start: int = 0):
     """An ipywidgets box: a poster chooser and a patch slider above `patch_figure` of the chosen patch."""
     import ipywidgets as widgets
-    from IPython.display import Image, display
+    from IPython.display import Image
 
     if not runs:
         raise PoddError("the explorer needs at least one run")
@@ -244,9 +244,10 @@ def explorer(runs: dict[str, dict], start: int = 0):
         run = runs[choose.value]
         slider.max = run["geometry"].n_patches - 1
         text.value = describe(patch_info(run, slider.value), run["classes"])
-        with out:
-            out.clear_output(wait=True)
-            display(Image(figure_png(patch_figure(run, slider.value))))
+        # The Output widget's state is set directly (no `with out:` capture and no clear_output(wait=True)):
+        # papermill's client waits forever on a captured clear_output when no frontend is attached.
+        out.outputs = ()
+        out.append_display_data(Image(figure_png(patch_figure(run, slider.value))))
 
     choose.observe(redraw, names="value")
     slider.observe(redraw, names="value")
