@@ -17,20 +17,10 @@ from podd_lib.kit.experiments import config_key
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cifar10_root() -> Path | None:
-    """A CIFAR-10 ImageFolder (cifar10/{train,test}) for the check, or None."""
-    for cand in (os.environ.get("PODD_CIFAR10_ROOT"), os.environ.get("PODD_DATA_ROOT"), str(ROOT / "data")):
-        if cand and (Path(cand) / "cifar10" / "train").is_dir():
-            return Path(cand) / "cifar10"
-    return None
-
-
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_gpu_check_tiny_runs_on_the_cpu_and_every_check_is_within_its_bound(tmp_path):
-    data = _cifar10_root()
-    if data is None:
-        pytest.skip("no CIFAR-10 ImageFolder (set PODD_CIFAR10_ROOT)")
+def test_gpu_check_tiny_runs_on_the_cpu_and_every_check_is_within_its_bound(tmp_path, cifar10_root):
+    data = cifar10_root / "cifar10"  # the suite's CIFAR-10 (shared copy, PODD_CIFAR10_ROOT or a download)
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu", "--out",
          str(tmp_path), "--data-root", str(data)],
