@@ -185,7 +185,8 @@ def _runs_05(s: PlanSession, p: dict) -> None:
 def _runs_06(s: PlanSession, p: dict) -> None:
     """Notebook 06: the 1-IPC poster and figure 9's per-class posters."""
     s.distill(1.0, seeds=s.seeds[:1])
-    over = {"per_class_posters": True, "labels": "fixed", "patch_grid": list(_param(p, "fig9_patch_grid", [10, 10]))}
+    over = {"per_class_posters": True, "labels": "fixed", "patch_grid": list(_param(p, "fig9_patch_grid", [10, 10])),
+            "init": "normal"}  # as notebook 06: per-class posters start from N(0, 1) under every profile
     s.distill(_param(p, "fig9_ipc", 10), over, tag="per-class", seeds=s.seeds[:1])
 
 
