@@ -231,6 +231,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.eval_steps:
             over["eval_steps"] = list(args.eval_steps)
         cfg.update(over)
+        cfg["backend"] = over.get("backend", "auto")  # the run's record holds the backend resolved for its device
         check_config(cfg, over)
         out = Path(args.out) if args.out else Path(args.run) / "eval.json"
         _check_out_file(out)
@@ -255,19 +256,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             what = f"random real images at {cfg['ipc']} IPC"
         else:
             x, y, what = None, None, "full training set"
-    arch_kwargs = {"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]}
+    protocol = {**ev.protocol_from_config(cfg), "arch": args.arch or cfg["arch"]}
     if x is None:
         result = ev.full_dataset_baseline(
             real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes),
-            arch=args.arch or cfg["arch"], arch_kwargs=arch_kwargs, epochs=args.epochs, augmentation=cfg["real_aug"],
+            arch=protocol["arch"], arch_kwargs=protocol["arch_kwargs"], epochs=args.epochs, augmentation=cfg["real_aug"],
             seed=cfg["seed"], device=device, progress=_progress(),
         )
     else:
-        result = ev.evaluate_distilled(
-            x, y, real, arch=args.arch or cfg["arch"], num_models=cfg["eval_models"], steps=tuple(cfg["eval_steps"]),
-            bs_d=cfg["bs_d"], augmentation=cfg["syn_aug"], seed=cfg["seed"], arch_kwargs=arch_kwargs,
-            device=device, progress=_progress(), with_hard_labels=bool(args.run),  # real images: already one-hot
-        )
+        result = ev.evaluate_distilled(x, y, real, **protocol, device=device, progress=_progress(),
+                                       with_hard_labels=bool(args.run))  # real images: already one-hot
     result["what"] = what
     result["config"] = {k: cfg.get(k) for k in ("dataset", "ipc", "profile", "zca", "width", "arch")}
     ev.save_eval(result, out)

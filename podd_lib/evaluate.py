@@ -286,6 +286,13 @@ def evaluate_distilled(
     return {"protocol": protocol, "soft": soft, "hard": hard}
 
 
+def protocol_from_config(cfg: dict) -> dict:
+    """evaluate_distilled's protocol keywords from a run's config (architecture, K, steps, bs_d, augmentation, seed, backend)."""
+    return dict(arch=cfg["arch"], num_models=cfg["eval_models"], steps=tuple(cfg["eval_steps"]), bs_d=cfg["bs_d"],
+                augmentation=cfg["syn_aug"], seed=cfg["seed"], backend=cfg.get("backend", "auto"),
+                arch_kwargs={"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]})
+
+
 def random_real_subset(
     x_train: Tensor,
     y_train: Tensor,

@@ -61,13 +61,18 @@ if [ ! -x "$PY" ]; then
 fi
 
 say "installing podd-kit and its dev tools into .venv (new venv or pyproject.toml changed; first time: a few minutes) ..."
+# PyTorch's Linux wheels with their CUDA libraries take about 6 GB; say so before pip runs out of space.
+FREE_MB=$(df -Pm "$REPO" | awk 'NR == 2 {print $4}')
+if [ -n "$FREE_MB" ] && [ "$FREE_MB" -lt 8000 ]; then
+    say "WARNING: only ${FREE_MB} MB free on $(df -P "$REPO" | awk 'NR == 2 {print $6}'); the environment needs about 8000 MB"
+fi
 start=$SECONDS
 rm -f "$STAMP"
 # `pip install -q` to stderr; warnings and errors stay visible, except pip's notice about
 # configured file:// index locations that do not exist (machine-level pip config noise).
 pip_install() {
     local rc=0
-    (cd "$REPO" && "$PY" -m pip --disable-pip-version-check install -q --progress-bar off "$@") 2>&1 \
+    (cd "$REPO" && "$PY" -m pip --disable-pip-version-check install -q --progress-bar off --no-cache-dir "$@") 2>&1 \
         | { grep -v -E "^WARNING: Location 'file:[^']*' is ignored: it is neither a file nor a directory\.$" || true; } >&2 \
         || rc=$?
     return "$rc"

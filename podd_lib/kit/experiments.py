@@ -143,11 +143,9 @@ def load_real(cfg: dict, data_root: str | None = None):
 
 def _eval_kwargs(cfg: dict, device: str) -> dict:
     """evaluate_distilled keyword arguments from a config."""
-    return dict(
-        arch=cfg["arch"], num_models=cfg["eval_models"], steps=tuple(cfg["eval_steps"]), bs_d=cfg["bs_d"],
-        augmentation=cfg["syn_aug"], seed=cfg["seed"], device=device, progress=progress_enabled(),
-        arch_kwargs={"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]},
-    )
+    from ..evaluate import protocol_from_config
+
+    return {**protocol_from_config(cfg), "device": device, "progress": progress_enabled()}
 
 
 def summarize_eval(ev: dict) -> dict:

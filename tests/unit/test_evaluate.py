@@ -1,5 +1,6 @@
 """Evaluation protocol on tiny toy data: vmapped = sequential training, learning, baselines, JSON."""
 
+import inspect
 import json
 from dataclasses import dataclass
 
@@ -195,3 +196,15 @@ def test_channels_last_loop_gives_the_same_models_and_accuracy(monkeypatch):
     for n in on["params"]:
         torch.testing.assert_close(on["params"][n], off["params"][n], atol=1e-9, rtol=1e-9)
     assert on["by_step"][-1]["acc_pct"] == off["by_step"][-1]["acc_pct"]
+
+
+def test_protocol_from_config_maps_the_run_config_to_the_protocol():
+    from podd_lib.config import resolve_config
+    from podd_lib.evaluate import protocol_from_config
+
+    cfg = resolve_config("cifar10", 1.0, "quick", {"backend": "reference", "seed": 3})
+    p = protocol_from_config(cfg)
+    assert p["num_models"] == cfg["eval_models"] == 4 and p["steps"] == (300,) and p["bs_d"] == 96
+    assert p["augmentation"] == "flip_rotate" and p["seed"] == 3 and p["backend"] == "reference"
+    assert p["arch_kwargs"] == {"width": 32, "depth": 3, "norm": "instance", "pool": "avg"}
+    assert set(p) <= set(inspect.signature(evaluate_distilled).parameters)
