@@ -93,7 +93,8 @@ def run_probe(name: str, device: str) -> list[dict]:
                 continue
             t0 = time.time()
             res = distill_and_evaluate("cifar10", 1.0, "quick", CACHE, {**extra, **over, "seed": seed},
-                                       data_root(), tag=f"probe-{name}", device=device)
+                                       data_root(), tag=f"probe-{name}", device=device,
+                                       hard_labels=False)
             soft = res["summary"]["soft"]
             row = {"probe": name, "representation": rep, "seed": seed, "overrides": over,
                    "acc_mean": soft["mean"], "acc_std": soft["std"],

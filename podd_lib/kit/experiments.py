@@ -170,10 +170,12 @@ def distill_and_evaluate(
     force: bool = False,
     device: str = "auto",
     report: Report | None = None,
+    hard_labels: bool = True,
 ) -> dict:
     """Distill a poster with a resolved config and evaluate it; cached by config hash.
 
-    report(phase, step, total) follows progress: phase 'distill', then 'eval soft' and 'eval hard'.
+    report(phase, step, total) follows progress: phase 'distill', then 'eval soft' and 'eval hard'
+    (hard_labels=False skips the argmax labels' evaluation).
     """
     from ..run import adapt_config_to_data, distill, geometry_from_config, load_run, order_for
     from ..evaluate import evaluate_distilled
@@ -206,7 +208,8 @@ def distill_and_evaluate(
                  on_step=None if report is None else (lambda k, n: report("distill", k, n)))
     seconds = time.perf_counter() - t0
     run = load_run(run_dir)
-    ev = evaluate_distilled(run["x"], run["y"], real, **_eval_kwargs(cfg, dev), resume_dir=run_dir / "eval-progress",
+    ev = evaluate_distilled(run["x"], run["y"], real, **_eval_kwargs(cfg, dev), with_hard_labels=hard_labels,
+                            resume_dir=run_dir / "eval-progress",
                             on_step=None if report is None else (lambda kind, k, n: report(f"eval {kind}", k, n)))
     step_secs = [r["seconds"] for r in st.history]
     result = {

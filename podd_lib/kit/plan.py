@@ -193,7 +193,7 @@ def _runs_06(s: PlanSession, p: dict) -> None:
 def _runs_07(s: PlanSession, p: dict) -> None:
     """Notebook 07: every algorithm on the tiling and the poster."""
     plan = studies.algorithm_plan(p["algorithms"], p["representations"], p["samplings"])
-    studies.algorithm_runs(s, plan, {"init": _param(p, "init", "normal"), "seed": s.seeds[0]})
+    studies.algorithm_runs(s, plan, {"init": _param(p, "init"), "seed": s.seeds[0]})
 
 
 # The runs of each notebook, by number, mirroring the notebook's own calls (a test renders the smoke

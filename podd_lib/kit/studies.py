@@ -221,7 +221,11 @@ def print_algorithm_plan(s: Session, plan: Sequence[tuple[str, str, str]]) -> No
 
 
 def algorithm_runs(s: Session, plan: Sequence[tuple[str, str, str]], overrides: dict) -> tuple[list[dict], dict]:
-    """Every planned run (cached; MTT trains and caches its experts first) and the wall time of each call."""
+    """Every planned run (cached; MTT trains and caches its experts first) and the wall time of each call.
+
+    An override whose value is None is left to the profile (notebook 07's init = None: the profile's init).
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     results, walls = [], {}
     for algo, rep, samp in plan:
         t0 = time.perf_counter()
@@ -230,10 +234,11 @@ def algorithm_runs(s: Session, plan: Sequence[tuple[str, str, str]], overrides: 
     return results, walls
 
 
-def algorithm_notes(s: Session, init: str, algorithms: Sequence[str]) -> list[str]:
+def algorithm_notes(s: Session, init: str | None, algorithms: Sequence[str]) -> list[str]:
     """The report's notes on notebook 07: what the rows share, the reported numbers, the deviations."""
     dream = "; ".join(f"{k} {v[0]} \u00b1 {v[1]}" for k, v in paper.DREAM_REPORTED_CIFAR10.items())
-    syn_aug = resolve_config(s.dataset, 1.0, s.profile)["syn_aug"]
+    base = resolve_config(s.dataset, 1.0, s.profile)
+    syn_aug, init = base["syn_aug"], init or base["init"]
     notes = ["All rows computed here share PoDD's outer loop (Adam, clipping), init "
              f"{init!r} and evaluation protocol; equal pixels (64x160 poster) and equal outer steps per pair.",
              "Reported rows are each method's own 1-IPC CIFAR-10 number (not rerun). DREAM's Table 1 (1 IPC, "

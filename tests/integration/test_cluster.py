@@ -257,3 +257,10 @@ def test_compare_results_tells_tables_apart_but_not_timings(tmp_path):
     cmd = [sys.executable, str(REPO / "scripts" / "compare_results.py")]
     assert subprocess.run([*cmd, str(a), str(b)], capture_output=True).returncode == 0
     assert subprocess.run([*cmd, str(a), str(c)], capture_output=True).returncode == 1
+
+
+def test_notebook_07_leaves_the_init_to_the_profile():
+    """Under `paper` every algorithm starts as the profile says (the release's class areas); no run forces an init."""
+    runs = plan.build_plan("paper", only="07", notebooks_dir=REPO / "notebooks", out_dir="../x")["runs"]
+    assert len(runs) == 14 and all("--set" in r["command"] for r in runs)
+    assert not any("init=" in r["command"] for r in runs)
