@@ -40,6 +40,21 @@ def adam_init(params: Params) -> AdamState:
     )
 
 
+def _update(params: Params, grads: Params, m: Params, v: Params, step_size: float | Tensor,
+            bc2_sqrt: float | Tensor, betas: tuple[float, float], eps: float) -> tuple[Params, Params, Params]:
+    """The per-tensor Adam update given the bias corrections: (new params, new m, new v)."""
+    b1, b2 = betas
+    new_p, new_m, new_v = {}, {}, {}
+    for k, p in params.items():
+        g = grads[k]
+        mk = m[k] * b1 + g * (1 - b1)
+        vk = v[k] * b2 + g * g * (1 - b2)
+        ss, bc = (x.to(p.dtype) if isinstance(x, Tensor) else x for x in (step_size, bc2_sqrt))
+        new_p[k] = p - ss * mk / (vk.clamp_min(_TINY).sqrt() / bc + eps)
+        new_m[k], new_v[k] = mk, vk
+    return new_p, new_m, new_v
+
+
 def adam_step(
     params: Params,
     grads: Params,
@@ -49,18 +64,9 @@ def adam_step(
     eps: float = 1e-8,
 ) -> tuple[Params, AdamState]:
     """One Adam update; differentiable w.r.t. params and grads when they carry a graph."""
-    b1, b2 = betas
     t = state.step + 1
-    step_size = lr / (1 - b1**t)
-    bc2_sqrt = math.sqrt(1 - b2**t)
-    new_p, new_m, new_v = {}, {}, {}
-    for k, p in params.items():
-        g = grads[k]
-        m = state.m[k] * b1 + g * (1 - b1)
-        v = state.v[k] * b2 + g * g * (1 - b2)
-        denom = v.clamp_min(_TINY).sqrt() / bc2_sqrt + eps
-        new_p[k] = p - step_size * m / denom
-        new_m[k], new_v[k] = m, v
+    new_p, new_m, new_v = _update(params, grads, state.m, state.v, lr / (1 - betas[0] ** t),
+                                  math.sqrt(1 - betas[1] ** t), betas, eps)
     return new_p, AdamState(new_m, new_v, t)
 
 
@@ -75,18 +81,7 @@ def adam_step_t(
     eps: float = 1e-8,
 ) -> tuple[Params, Params, Params]:
     """`adam_step` with the new step count t as a 0-d float64 tensor: one compiled program serves every step."""
-    b1, b2 = betas
-    step_size = lr / (1 - b1**t)
-    bc2_sqrt = torch.sqrt(1 - b2**t)
-    new_p, new_m, new_v = {}, {}, {}
-    for k, p in params.items():
-        g = grads[k]
-        mk = m[k] * b1 + g * (1 - b1)
-        vk = v[k] * b2 + g * g * (1 - b2)
-        denom = vk.clamp_min(_TINY).sqrt() / bc2_sqrt.to(p.dtype) + eps
-        new_p[k] = p - step_size.to(p.dtype) * mk / denom
-        new_m[k], new_v[k] = mk, vk
-    return new_p, new_m, new_v
+    return _update(params, grads, m, v, lr / (1 - betas[0] ** t), torch.sqrt(1 - betas[1] ** t), betas, eps)
 
 
 def detach_state(state: AdamState) -> AdamState:
