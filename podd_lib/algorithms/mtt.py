@@ -110,18 +110,27 @@ def experts_dir(cfg: dict, es: ExpertSettings, root: str | os.PathLike) -> Path:
 
 def load_or_train_experts(model: nn.Module, x: Tensor, y: Tensor, es: ExpertSettings, folder: str | os.PathLike,
                           progress: bool = False) -> Tensor:
-    """(n_experts, epochs + 1, n_params): experts from folder, training (and saving) the missing ones."""
+    """(n_experts, epochs + 1, n_params): experts from folder, training (and saving) the missing ones.
+
+    Each expert is trained under a file lock (expert_NNN.pt.lock), so runs started together (an
+    executor's jobs) that need the same experts train each one once; the others wait and load it.
+    """
+    from filelock import FileLock
+
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     trajs = []
     for i in range(es.n_experts):
         path = folder / f"expert_{i:03d}.pt"
-        if path.exists():
-            t = torch.load(path, map_location="cpu", weights_only=True)
-            if t.shape[0] != es.epochs + 1:
-                raise PoddError(f"{path} has {t.shape[0] - 1} epochs, expected {es.epochs}; remove it or use another folder")
-        else:
-            t = train_expert(model, x, y, es, i, progress)
-            atomic_torch_save(t, path)
+        with FileLock(str(path) + ".lock"):
+            if path.exists():
+                t = torch.load(path, map_location="cpu", weights_only=True)
+                if t.shape[0] != es.epochs + 1:
+                    raise PoddError(f"{path} has {t.shape[0] - 1} epochs, expected {es.epochs}; "
+                                    "remove it or use another folder")
+            else:
+                t = train_expert(model, x, y, es, i, progress)
+                atomic_torch_save(t, path)
         trajs.append(t)
     return torch.stack(trajs)
 

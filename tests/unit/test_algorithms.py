@@ -125,6 +125,36 @@ def test_experts_are_cached_and_reused(tmp_path, monkeypatch):
         load_or_train_experts(model, real.x_train, real.y_train, ExpertSettings(2, 3, bs=16, aug="none"), tmp_path)
 
 
+def test_experts_wanted_by_two_runs_at_once_are_trained_once(tmp_path, monkeypatch):
+    """Two threads (an executor's two MTT jobs) asking for the same experts: each expert is trained once."""
+    import threading
+    import time as _time
+
+    import podd_lib.algorithms.mtt as mtt
+
+    real = fake_real(n_per_class=4)
+    es = ExpertSettings(n_experts=2, epochs=2, bs=16, aug="none")
+    calls, train = [], mtt.train_expert
+
+    def slow_train(*a, **k):
+        calls.append(a[4])
+        _time.sleep(0.3)  # both threads reach the missing expert while it is being trained
+        return train(*a, **k)
+
+    monkeypatch.setattr(mtt, "train_expert", slow_train)
+    out = [None, None]
+
+    def job(j):
+        out[j] = load_or_train_experts(ConvNet(width=4, depth=1), real.x_train, real.y_train, es, tmp_path)
+
+    threads = [threading.Thread(target=job, args=(j,)) for j in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(calls) == [0, 1] and torch.equal(out[0], out[1])
+
+
 # ----------------------------------------------------------------------------- DM
 
 
