@@ -143,12 +143,13 @@ def resolve_config(
 
 # Where the paper's text and the authors' release (which produced the paper's numbers) differ:
 # key -> (the text's value, the release's value). The text's are the defaults (configs/algorithms.toml);
-# the `paper` profile takes the release's, `paper-text` the text's. The fourth difference is `init`
+# the `paper` profile takes the release's, `paper-text` the text's. The fifth difference is `init`
 # ("normal" in the text, "class_areas" in the release), a dataset-config key.
 TEXT_OR_RELEASE = {
     "curriculum_draw": ("step", "epoch"),   # RaT-BPTT's curriculum c: drawn every outer step, or once per epoch
     "clip_order": ("text", "release"),      # clip at 2 x the previous EMA then update it, or update then clip
     "real_batches": ("random", "epochs"),   # independent random real batches, or a walk over shuffled epochs
+    "keep": ("last", "best_train"),         # the last poster (the text names no selection), or the best on the training set
 }
 
 ALGORITHMS = ("ratbptt", "mtt", "dm", "dc")
@@ -174,7 +175,10 @@ def irrelevant_keys(cfg: dict) -> set[str]:
         used |= set(ALGORITHM_KEYS["dream"])
     if cfg.get("sampling") == "dream":  # DREAM picks its own real batches
         used.discard("real_batches")
-    return {k for keys in ALGORITHM_KEYS.values() for k in keys} - used
+    unused = {k for keys in ALGORITHM_KEYS.values() for k in keys} - used
+    if cfg.get("keep", "last") == "last":
+        unused.add("keep_every")
+    return unused
 
 
 def check_algorithm(cfg: dict) -> None:

@@ -38,6 +38,7 @@ from .poster import PosterGeometry, init_from_images, init_poster, make_geometry
 from .safety import check_run_out, load_torch_file, read_run_config, resume_changes, start_run
 from .validate import check_patches_fit
 from .determinism import deterministic_mode
+from . import selection
 
 METRIC_FIELDS = ("step", "loss", "grad_norm", "curriculum", "seconds")
 
@@ -311,6 +312,8 @@ def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, re
         st = restore_state(st, ck)
     st.config = record
     start_run(out)
+    if ck is None:
+        (out / selection.KEPT).unlink(missing_ok=True)  # a kept poster of an attempt that never checkpointed
     atomic_write_json(out / "config.json", {**record, "geometry": pb.geom.to_dict()})
     x_train, y_train = real.x_train.to(device), real.y_train.to(device)
     sampler = make_sampler(cfg, x_train, y_train, cfg["n_classes"])  # per-class posters: geom has 1 class
@@ -326,6 +329,11 @@ def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, re
             where = f"{ck_path} (step {last_good})" if last_good is not None else "none was written yet"
             raise PoddError(f"{e}; stopped; last good checkpoint: {where}") from None
         row["seconds"] = time.perf_counter() - t0
+        if selection.due(cfg, st.step):  # keep = "best_train": score the poster on the training set
+            score = selection.training_set_score(cfg, *selection.distilled_set(st.poster, st.Y, pb.geom, pb.labels),
+                                                 real, device)
+            row["train_acc"] = score["score"]
+            row["kept"] = selection.consider(out, st.step, st.poster, st.Y, score)
         st.history.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.3f}")
@@ -344,15 +352,19 @@ def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, re
 
 
 def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> None:
-    """poster.pt, labels.pt, metrics.csv and poster.png of a finished run."""
+    """poster.pt, labels.pt, metrics.csv and poster.png of a finished run (its kept poster under keep = "best_train")."""
     poster = st.poster.detach().cpu()
     Y = None if st.Y is None else st.Y.detach().cpu()
+    kept = None
+    if cfg.get("keep", "last") == "best_train":
+        k = selection.kept(out)
+        poster, Y, kept = k["poster"], k["Y"], {"step": k["step"], "score": k["score"], "by_step": k["by_step"]}
     with torch.no_grad():
-        patch_labels = pb.labels(Y).cpu() if pb.labels.learned else pb.labels.table.cpu()
+        patch_labels = pb.labels(Y.to(st.poster.device)).cpu() if pb.labels.learned else pb.labels.table.cpu()
     prep = real.preprocess.state_dict() if hasattr(real, "preprocess") else None
     atomic_torch_save(
         {"poster": poster, "geometry": pb.geom.to_dict(), "order": pb.order, "classes": list(real.classes),
-         "preprocess": prep, "dataset": cfg["dataset"]},
+         "preprocess": prep, "dataset": cfg["dataset"], "kept": kept},
         out / "poster.pt",
     )
     atomic_torch_save({"patch_labels": patch_labels, "Y": Y, "label_kind": cfg["label_kind"]}, out / "labels.pt")
@@ -381,4 +393,5 @@ def load_run(run: str | os.PathLike) -> dict:
 
     x = extract_patches(P["poster"], geom)
     return {"x": x, "y": L["patch_labels"], "poster": P["poster"], "geometry": geom, "config": cfg,
-            "order": P["order"], "classes": P["classes"], "preprocess": P["preprocess"], "Y": L["Y"]}
+            "order": P["order"], "classes": P["classes"], "preprocess": P["preprocess"], "Y": L["Y"],
+            "kept": P.get("kept")}

@@ -95,6 +95,8 @@ class ConfigSchema(BaseModel):
     curriculum_draw: Literal["step", "epoch"] = "step"
     clip_order: Literal["text", "release"] = "text"
     real_batches: Literal["random", "epochs"] = "random"
+    keep: Literal["last", "best_train"] = "last"
+    keep_every: Count = 100
     deterministic: StrictBool = True
     fixed_curriculum: Optional[NonNegative] = None
     device: Optional[StrictStr] = None

@@ -217,7 +217,7 @@ def distill_and_evaluate(
         "config_key": config_key(cfg), "run_dir": str(run_dir), "geometry": geom.to_dict(),
         "label_kind": cfg["label_kind"], "steps": st.step,
         "seconds_per_step_median": statistics.median(step_secs) if step_secs else None,
-        "seconds_distill_this_call": seconds, "eval": ev, "summary": summarize_eval(ev),
+        "seconds_distill_this_call": seconds, "eval": ev, "summary": summarize_eval(ev), "kept": run.get("kept"),
         "command": command, "config": cfg, "computed_on": computed_on(dev),
     }
     atomic_write_json(result_path, result)

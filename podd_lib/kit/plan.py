@@ -78,6 +78,7 @@ def _spec(kind: str, folder: Path, base: dict, cfg: dict, notebook: str, root: s
             "config_key": experiments.config_key(cfg), "cached": (Path(root) / folder / "result.json").exists(),
             "steps": cfg["steps"] if kind == "distill" else 0, "algorithm": cfg["algorithm"],
             "eval_models": cfg["eval_models"], "eval_steps": cfg["eval_steps"][-1],
+            "scorings": -(-cfg["steps"] // cfg["keep_every"]) if kind == "distill" and cfg.get("keep") == "best_train" else 0,
             "notebooks": [notebook]}
 
 
@@ -240,9 +241,9 @@ def measured_rates(out_dir: str | os.PathLike, profile: str) -> dict:
 
 
 def estimate(run: dict, rates: dict) -> float:
-    """Seconds a run should take: outer steps x s/step + evaluation phases x steps x models x s/model step."""
+    """Seconds a run should take: outer steps x s/step + (evaluation phases + the poster's scorings) x steps x models x s/model step."""
     sps = rates["step"].get(run["algorithm"], rates["step_default"])
-    phases = run.get("eval_phases", 2)
+    phases = run.get("eval_phases", 2) + run.get("scorings", 0)
     return run["steps"] * sps + phases * run["eval_steps"] * run["eval_models"] * rates["model_step"]
 
 

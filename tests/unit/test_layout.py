@@ -139,7 +139,7 @@ def test_a_reference_run_records_its_backend_and_matches_the_fast_run(tmp_path):
 
 # The paper's text where it differs from the authors' release: the `paper` profile's values before it
 # took the release's (the text's values are the defaults and so hashed as before).
-PAPER_TEXT = {"init": "normal", "curriculum_draw": "step", "clip_order": "text", "real_batches": "random"}
+PAPER_TEXT = {"init": "normal", "curriculum_draw": "step", "clip_order": "text", "real_batches": "random", "keep": "last"}
 
 
 @pytest.mark.parametrize("ipc, profile, over, key", [
@@ -147,7 +147,8 @@ PAPER_TEXT = {"init": "normal", "curriculum_draw": "step", "clip_order": "text",
     (1.0, "quick", {"patch_grid": [5, 2], "poster_size": [64, 160]}, "2ea309f4e751"),  # its quick tiling
     (0.5, "paper", PAPER_TEXT, "23edd282e2ff"),  # the paper profile before it took the release's behaviour
     (0.5, "paper-text", {}, "3c8dd66e7848"),
-    (0.5, "paper", {}, "84340de30e71"),  # the release's behaviour (init, curriculum draw, clipping, real batches)
+    (0.5, "paper", {"keep": "last"}, "84340de30e71"),  # the release's init, curriculum draw, clipping, real batches
+    (0.5, "paper", {}, "ed0589817cef"),  # ... and its poster selection (keep = "best_train")
     (1.0, "quick", {"algorithm": "dm"}, "4d42c3e62dc0"),
     (1.0, "quick", {"algorithm": "mtt"}, "fd656fdcf8a5"),
     (1.0, "quick", {"sampling": "dream"}, "18f53c124667"),

@@ -16,8 +16,9 @@ from podd_lib.run import distill
 
 from test_distill import ORDER, fake_real, tiny_cfg
 
-RELEASE = {"init": "class_areas", "curriculum_draw": "epoch", "clip_order": "release", "real_batches": "epochs"}
-TEXT = {"init": "normal", "curriculum_draw": "step", "clip_order": "text", "real_batches": "random"}
+RELEASE = {"init": "class_areas", "curriculum_draw": "epoch", "clip_order": "release", "real_batches": "epochs",
+           "keep": "best_train"}
+TEXT = {"init": "normal", "curriculum_draw": "step", "clip_order": "text", "real_batches": "random", "keep": "last"}
 
 
 # ----------------------------------------------------------------------------- clipping order
@@ -150,9 +151,9 @@ def test_paper_run_keys():
     # gives back the paper profile's earlier keys (tests/unit/test_layout.py pins them).
     paper = config_key(resolve_config("cifar10", 0.5, "paper"))
     text = config_key(resolve_config("cifar10", 0.5, "paper-text"))
-    assert paper == "84340de30e71" and text == "3c8dd66e7848"
+    assert paper == "ed0589817cef" and text == "3c8dd66e7848"
     assert config_key(resolve_config("cifar10", 0.5, "paper", TEXT)) == "23edd282e2ff"
-    for key in ("curriculum_draw", "clip_order", "real_batches"):  # each option changes the key on its own
+    for key in ("curriculum_draw", "clip_order", "real_batches", "keep"):  # each option changes the key on its own
         one = {**TEXT, key: RELEASE[key]}
         assert config_key(resolve_config("cifar10", 0.5, "paper", one)) != "23edd282e2ff", key
 
@@ -189,10 +190,11 @@ def test_deviation_printout_names_the_release_options_under_paper():
 
     lines = profile_deviations("cifar10", "paper")
     assert lines == ["init = 'class_areas' (paper: 'normal')", "curriculum_draw = 'epoch' (default: 'step')",
-                     "clip_order = 'release' (default: 'text')", "real_batches = 'epochs' (default: 'random')"]
+                     "clip_order = 'release' (default: 'text')", "real_batches = 'epochs' (default: 'random')",
+                     "keep = 'best_train' (default: 'last')"]
     assert profile_deviations("cifar10", "paper-text") == []
     dm = profile_deviations("cifar10", "paper", overrides={"algorithm": "dm", "sampling": "dream"})
-    assert [line.split(" =")[0] for line in dm] == ["init", "clip_order"]  # what DM with DREAM reads
+    assert [line.split(" =")[0] for line in dm] == ["init", "clip_order", "keep"]  # what DM with DREAM reads
 
 
 # ----------------------------------------------------------------------------- whole runs
