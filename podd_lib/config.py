@@ -71,6 +71,13 @@ def algorithm_defaults() -> dict:
     return _read_toml("algorithms.toml")
 
 
+def run_list(profile: str) -> dict:
+    """Which runs a profile's notebooks make where it makes fewer than the paper (configs/runs.toml)."""
+    if profile not in PROFILES:
+        raise PoddError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    return _read_toml("runs.toml").get(profile, {})
+
+
 def profile_overrides(profile: str, dataset: str) -> dict:
     """The overrides a profile makes for a dataset (the [profile] table, then [profile.dataset])."""
     if profile not in PROFILES:

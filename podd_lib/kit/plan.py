@@ -179,7 +179,7 @@ def _runs_04(s: PlanSession, p: dict) -> None:
 def _runs_05(s: PlanSession, p: dict) -> None:
     """Notebook 05: the paper's class order and random ones (250 steps under paper)."""
     extra = {"steps": 250} if s.profile in ("paper", "paper-text") else {}
-    for spec in studies.class_orders(s.profile, _param(p, "n_random_orders", 5)):
+    for spec in studies.class_orders(s.profile, _param(p, "n_random_orders")):
         s.distill(_param(p, "ipc", 0.3), {"order": spec, **extra})
 
 
@@ -193,7 +193,7 @@ def _runs_06(s: PlanSession, p: dict) -> None:
 
 def _runs_07(s: PlanSession, p: dict) -> None:
     """Notebook 07: every algorithm on the tiling and the poster."""
-    plan = studies.algorithm_plan(p["algorithms"], p["representations"], p["samplings"])
+    plan = studies.algorithm_plan(p["algorithms"], p["representations"], p.get("samplings"), s.profile)
     studies.algorithm_runs(s, plan, {"init": _param(p, "init"), "seed": s.seeds[0]})
 
 

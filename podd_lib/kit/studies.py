@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from ..config import resolve_config, tiling_overrides
+from ..config import resolve_config, run_list, tiling_overrides
 from ..errors import PoddError
 from . import paper
 from .session import Session
@@ -81,15 +81,12 @@ def recompute_poco(s: Session, datasets: Sequence[str] = ("cifar10", "cifar100")
 
 
 def table1_ipcs(s: Session, ipcs: Sequence[float] | None = None) -> dict[str, list[float]]:
-    """Table 1's IPC grid per dataset: `ipcs`, else the config's poster sizes (smoke: 1.0 and 0.5 only)."""
+    """Table 1's IPC grid per dataset: `ipcs`, else the profile's run list, else the config's poster sizes."""
     grids = {}
     for ds in s.datasets:
         grid = sorted((float(k) for k in resolve_config(ds, 1.0, s.profile)["posters"]), reverse=True)
-        if ipcs is not None:
-            grid = [float(v) for v in ipcs]
-        elif s.profile == "smoke":
-            grid = [1.0, 0.5]
-        grids[ds] = grid
+        chosen = ipcs if ipcs is not None else run_list(s.profile).get("table1_ipcs")
+        grids[ds] = [float(v) for v in chosen] if chosen is not None else grid
     return grids
 
 
@@ -133,10 +130,9 @@ def table2_runs(s: Session, run_full: bool = True) -> dict[str, dict[str, list[d
 
 
 def figure6_grids(profile: str, patch_grids: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
-    """The patch grids of figure 6: `patch_grids`, else the paper's seven (smoke: 5x2 and 16x6 only)."""
-    if patch_grids is not None:
-        return [list(g) for g in patch_grids]
-    return [[5, 2], [16, 6]] if profile == "smoke" else [list(g) for g in paper.FIGURE6]
+    """The patch grids of figure 6: `patch_grids`, else the profile's run list, else the paper's seven."""
+    grids = patch_grids if patch_grids is not None else run_list(profile).get("figure6_grids", paper.FIGURE6)
+    return [list(g) for g in grids]
 
 
 def print_figure6_plan(s: Session, grids: Sequence[Sequence[int]], extra: dict) -> None:
@@ -165,9 +161,9 @@ def figure6_runs(s: Session, grids: Sequence[Sequence[int]], extra: dict) -> lis
 # ----------------------------------------------------------------------------- 05: class order
 
 
-def class_orders(profile: str, n_random_orders: int) -> list[str]:
-    """The paper's order and n random ones (smoke: 2), as --order specs."""
-    n = 2 if profile == "smoke" else int(n_random_orders)
+def class_orders(profile: str, n_random_orders: int | None = None) -> list[str]:
+    """The paper's order and n random ones (None: the profile's run list, else 5), as --order specs."""
+    n = int(n_random_orders if n_random_orders is not None else run_list(profile).get("random_orders", 5))
     return ["paper"] + [f"random:{k}" for k in range(1, n + 1)]
 
 
@@ -203,9 +199,13 @@ def class_distances(s: Session, ipc: float) -> tuple[Any, str, list[str]]:
 # ----------------------------------------------------------------------------- 07: algorithms under posters
 
 
-def algorithm_plan(algorithms: Sequence[str], representations: Sequence[str],
-                   samplings: Sequence[str]) -> list[tuple[str, str, str]]:
-    """Every (algorithm, representation, sampling); MTT draws no real batches, so it has no DREAM run."""
+def algorithm_plan(algorithms: Sequence[str], representations: Sequence[str], samplings: Sequence[str] | None = None,
+                   profile: str = "paper") -> list[tuple[str, str, str]]:
+    """Every (algorithm, representation, sampling); MTT draws no real batches, so it has no DREAM run.
+
+    samplings None: the profile's run list, else random and DREAM batches.
+    """
+    samplings = samplings if samplings is not None else run_list(profile).get("samplings", ["random", "dream"])
     return [(a, r, m) for a in algorithms for r in representations for m in samplings
             if not (a == "mtt" and m == "dream")]
 

@@ -1,0 +1,27 @@
+"""configs/runs.toml: which runs each profile's notebooks make; a notebook parameter wins."""
+
+import pytest
+
+from podd_lib.config import run_list
+from podd_lib.errors import PoddError
+from podd_lib.kit import paper, studies
+
+
+def test_smoke_makes_the_ends_and_paper_the_full_lists():
+    assert run_list("paper") == {} and run_list("paper-text") == {}
+    assert studies.figure6_grids("paper") == [list(g) for g in paper.FIGURE6] and len(paper.FIGURE6) == 7
+    assert studies.figure6_grids("smoke") == [[5, 2], [16, 6]]
+    assert studies.class_orders("paper") == ["paper"] + [f"random:{k}" for k in range(1, 6)]
+    assert studies.class_orders("smoke") == ["paper", "random:1", "random:2"]
+    assert len(studies.algorithm_plan(["ratbptt", "mtt"], ["tiling", "poster"], profile="paper")) == 6  # MTT: no DREAM
+
+
+def test_a_notebook_parameter_wins_over_the_run_list():
+    assert studies.figure6_grids("smoke", [[8, 3]]) == [[8, 3]]
+    assert studies.class_orders("smoke", 4)[-1] == "random:4"
+    assert studies.algorithm_plan(["dm"], ["poster"], ["dream"], "smoke") == [("dm", "poster", "dream")]
+
+
+def test_an_unknown_profile_is_one_line():
+    with pytest.raises(PoddError, match="unknown profile"):
+        run_list("fast")
