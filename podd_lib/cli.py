@@ -128,16 +128,9 @@ def _data_root(args: argparse.Namespace, cfg: dict | None = None) -> str:
 
 def _load_real(cfg: dict, args: argparse.Namespace):
     """The real data of a config (training slice and test set)."""
-    from .data import load_dataset
+    from .data import load_for_config
 
-    return load_dataset(
-        cfg["dataset"],
-        data_root=_data_root(args, cfg),
-        zca=cfg["zca"],
-        download=not getattr(args, "no_download", False),
-        train_per_class=cfg["train_per_class"] or None,
-        test_per_class=cfg["test_per_class"] or None,
-    )
+    return load_for_config(cfg, _data_root(args, cfg), download=not getattr(args, "no_download", False))
 
 
 def cmd_info(args: argparse.Namespace) -> dict:

@@ -135,6 +135,14 @@ def _fit_zca_cached(raw: RawData, root: Path, raw_key: dict[str, Any], strength:
     return zca
 
 
+def load_for_config(cfg: dict, data_root: str | os.PathLike | None = None, download: bool = True) -> RealData:
+    """The real data a run's config asks for: its dataset, slices, ZCA and regulariser (and size, for ImageFolder)."""
+    size = tuple(cfg["image_size"]) if str(cfg["dataset"]).startswith("imagefolder:") and cfg.get("image_size") else None
+    return load_dataset(cfg["dataset"], data_root=data_root, zca=cfg["zca"], download=download,
+                        train_per_class=cfg["train_per_class"] or None, test_per_class=cfg["test_per_class"] or None,
+                        image_size=size, zca_reg=float(cfg.get("zca_reg", DEFAULT_ZCA_REG)))
+
+
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, zca: bool = True,
                  download: bool = False, train_per_class: int | None = None,
                  test_per_class: int | None = None, cache: bool = True,

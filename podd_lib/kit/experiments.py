@@ -130,14 +130,12 @@ def progress_enabled() -> bool:
 
 def load_real(cfg: dict, data_root: str | None = None):
     """The real data a config asks for, loaded once per process (and cached on disk by data.py)."""
-    from ..data import load_dataset
+    from ..data import load_for_config
 
-    key = (cfg["dataset"], str(data_root), cfg["zca"], cfg.get("zca_reg"), cfg["train_per_class"], cfg["test_per_class"])
+    key = (cfg["dataset"], str(data_root), cfg["zca"], cfg.get("zca_reg"), cfg["train_per_class"], cfg["test_per_class"],
+           str(cfg.get("image_size")))
     if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = load_dataset(
-            cfg["dataset"], data_root=data_root, zca=cfg["zca"], download=True,
-            train_per_class=cfg["train_per_class"] or None, test_per_class=cfg["test_per_class"] or None,
-        )
+        _DATA_CACHE[key] = load_for_config(cfg, data_root)
     return _DATA_CACHE[key]
 
 

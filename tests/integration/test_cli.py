@@ -120,3 +120,17 @@ def test_keep_freed_memory_flag_and_runtime_switch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", str(float(2 * 96 * 128 * 32 * 32))]
+
+
+def test_the_loader_takes_the_config_s_image_size_and_zca_regulariser(tmp_path):
+    """An ImageFolder is resized to the config's image_size, and zca_reg reaches the whitening."""
+    from podd_lib.config import resolve_config
+    from podd_lib.data import load_for_config
+
+    folder = make_folder(tmp_path / "toy", size=20)
+    cfg = resolve_config(f"imagefolder:{folder}", 1.0, "smoke", {"image_size": [16, 16], "order": "identity"})
+    weak = load_for_config(cfg, str(tmp_path), download=False)
+    assert weak.image_size == (16, 16) and weak.x_train.shape[2:] == (16, 16)
+    strong = load_for_config({**cfg, "zca_reg": 0.5}, str(tmp_path), download=False)
+    assert strong.preprocess.reg > weak.preprocess.reg  # the regulariser is reg x the mean eigenvalue
+    assert not torch.allclose(strong.x_train, weak.x_train)
