@@ -176,6 +176,7 @@ def render_table(rows: list[dict]) -> str:
     by_probe: dict[str, list[dict]] = {}
     for r in (r for r in rows if "probe" in r):
         by_probe.setdefault(r["probe"], []).append(r)
+    verdicts: dict[str, str] = {}
     for name, rs in by_probe.items():
         acc = {rep: {r["seed"]: r["acc_mean"] for r in rs if r["representation"] == rep} for rep in ("poster", "tiling")}
         seeds = sorted(set(acc["poster"]) & set(acc["tiling"]))
@@ -189,10 +190,15 @@ def render_table(rows: list[dict]) -> str:
                      if r["representation"] == rep} for rep in ("poster", "tiling")}
         wins = [beats(row["poster"][s], row["tiling"][s]) for s in seeds]
         verdict = ("yes" if all(wins) else "no") if len(seeds) >= 2 else f"pending ({len(seeds)} seed)"
+        verdicts[name] = verdict
         sps = statistics.median(r["seconds_per_step"] for r in rs if r["seconds_per_step"])
         wall = sum(r["wall_seconds"] for r in rs) / 60
         lines.append(f"| {name} | `{json.dumps(rs[0]['overrides'])}` | {mean(acc['poster'])} | {mean(acc['tiling'])} "
                      f"| {gap} | {verdict} | {rs[0]['outer_steps']} | {sps:.2f} | {wall:.0f} | `{rs[0]['command']}` |")
+    shown = [n for n, v in verdicts.items() if v == "yes"]
+    done = [n for n, v in verdicts.items() if not v.startswith("pending")]
+    lines += ["", f"Probes with 2 or more seeds: {len(done)}. The poster beats the tiling on every seed in: "
+              f"{', '.join(shown) if shown else 'none of them'}."]
     return "\n".join(lines) + "\n"
 
 

@@ -29,3 +29,4 @@ def test_the_verdict_needs_every_seed_to_beat_by_more_than_the_pooled_spread():
     assert verdict(table, "close") == "no"  # 0.3 points is inside the spread of 0.5
     assert verdict(table, "one").startswith("pending")
     assert "+2.0 [+2.0, +2.0]" in table
+    assert table.rstrip().endswith("Probes with 2 or more seeds: 3. The poster beats the tiling on every seed in: wins.")
