@@ -235,11 +235,17 @@ def init_normal(geom: PosterGeometry, channels: int, generator: torch.Generator 
 
 
 def _ramp(length: int, left: int, right: int) -> Tensor:
-    """1 inside, rising linearly over `left` px and falling over `right` px at the edges."""
-    t = torch.arange(length, dtype=torch.float32)
-    up = (t + 1) / (left + 1)
-    down = (length - t) / (right + 1)
-    return torch.minimum(torch.minimum(up, down), torch.ones(()))
+    """1 inside; over the `left` px shared with the previous area linspace(0, 1), over the `right` px 1 - linspace(0, 1).
+
+    As the release's fade masks: across an overlap the earlier area's weight falls from 1 to 0 and the
+    later one's rises from 0 to 1, so the two weights sum to 1 on every pixel.
+    """
+    w = torch.ones(length)
+    if left:
+        w[:left] = torch.linspace(0, 1, left)
+    if right:
+        w[length - right:] = torch.minimum(w[length - right:], 1 - torch.linspace(0, 1, right))
+    return w
 
 
 def _area_profile(offs: list[int], size: int, length: int) -> Tensor:

@@ -9,6 +9,7 @@ from podd_lib.errors import PoddError
 from podd_lib.poster import (
     class_area_boxes,
     extract_patches,
+    blend_areas,
     init_class_areas,
     init_poster,
     linspace_offsets,
@@ -114,6 +115,37 @@ def test_class_area_init_is_normalised_and_blended():
     assert xs[-1] + a_w == g2.d_w and ys[-1] + a_h == g2.d_h
     with pytest.raises(PoddError, match="unknown poster init"):
         init_poster(g2, 3, "zeros", order)
+
+
+def test_class_area_blend_is_the_release_s_sequential_fade():
+    """At 0.9 IPC (areas 32x32 overlapping by 1-3 px) the blend equals the release's row-then-column fades."""
+    g = make_geometry(0.9, 10, (32, 32), (5, 2), (16, 6))
+    order = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    areas = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ys, xs, a_h, a_w = class_area_boxes(g)
+    assert (a_h, a_w) == (32, 32) and min(xs[i] + 32 - xs[i + 1] for i in range(4)) >= 1 and ys[0] + 32 > ys[1]
+
+    def fade(prev_end: int, start: int, end: int, length: int) -> torch.Tensor:
+        """Weight of what is blended so far: 1 before the overlap, 1 - linspace(0, 1) across it, 0 after."""
+        m = torch.zeros(length)
+        m[:start] = 1
+        m[start:prev_end] = 1 - torch.linspace(0, 1, prev_end - start)
+        return m
+
+    rows = []
+    for r, y in enumerate(ys):
+        row = torch.zeros(3, 32, g.d_w)
+        row[:, :, xs[0]:xs[0] + 32] = areas[order[r][0]]
+        for c in range(1, 5):
+            nxt = torch.zeros(3, 32, g.d_w)
+            nxt[:, :, xs[c]:xs[c] + 32] = areas[order[r][c]]
+            m = fade(xs[c - 1] + 32, xs[c], xs[c] + 32, g.d_w)
+            row = row * m + nxt * (1 - m)
+        rows.append(row)
+    top, bottom = torch.zeros(3, g.d_h, g.d_w), torch.zeros(3, g.d_h, g.d_w)
+    top[:, ys[0]:ys[0] + 32], bottom[:, ys[1]:ys[1] + 32] = rows[0], rows[1]
+    m = fade(ys[0] + 32, ys[1], ys[1] + 32, g.d_h)[:, None]
+    torch.testing.assert_close(blend_areas(g, areas, order), top * m + bottom * (1 - m), atol=1e-6, rtol=0)
 
 
 def test_normal_init_is_seeded():
