@@ -41,6 +41,7 @@ PROBES: dict[str, tuple[dict, tuple[int, ...]]] = {
     "w64": ({"width": 64}, (0, 1)),
     "w96": ({"width": 96}, (0, 1)),
     "w128-s50": ({"width": 128, "steps": 50}, (0, 1)),
+    "w128-learned": ({"width": 128, "labels": "learned"}, (0, 1)),
     "bs2000": ({"bs": 2000}, (0, 1)),
     "learned": ({"labels": "learned"}, (0, 1)),
     "lr01-s300": ({"lr": 0.01, "steps": 300}, (0, 1)),
