@@ -136,7 +136,9 @@ def test_plans_shrink_under_smoke_only(monkeypatch):
     monkeypatch.setenv("PODD_NUM_THREADS", "1")
     assert studies.figure6_grids("smoke") == [[5, 2], [16, 6]]
     assert len(studies.figure6_grids("quick")) == 7 and studies.figure6_grids("smoke", [[8, 3]]) == [[8, 3]]
-    assert studies.class_orders("smoke", 5) == ["paper", "random:1", "random:2"]
+    # the notebook's parameter is None by default (the profile's run list); a given number wins
+    assert studies.class_orders("smoke") == ["paper", "random:1", "random:2"] and len(studies.class_orders("quick")) == 6
+    assert studies.class_orders("smoke", 5)[-1] == "random:5"
     assert studies.class_orders("quick", 3) == ["paper", "random:1", "random:2", "random:3"]
     plan = studies.algorithm_plan(["ratbptt", "mtt"], ["tiling", "poster"], ["random", "dream"])
     assert len(plan) == 6 and ("mtt", "tiling", "dream") not in plan
