@@ -551,8 +551,8 @@ def fidelity_run(name: str, over: dict, real, device: str, sz: dict, share: floa
     from podd_lib.algorithms.base import outer_step
     from podd_lib.config import resolve_config
     from podd_lib.evaluate import train_and_test
-    from podd_lib.poster import extract_patches
     from podd_lib.run import build_problem, initial_state, make_sampler
+    from podd_lib.selection import distilled_set
 
     t0 = time.perf_counter()
     cfg = resolve_config("cifar10", 1.0, "paper", {"init": "class_areas", **sz["fid_over"], **over})
@@ -571,9 +571,7 @@ def fidelity_run(name: str, over: dict, real, device: str, sz: dict, share: floa
            "s_per_step": t_distill / max(st.step, 1), "loss_first": losses[0], "loss_last": losses[-1],
            "paper": PAPER_FIG6.get(name), "backend": cfg["backend"], "init": cfg["init"],
            "patch_grid": cfg["patch_grid"], "poster_size": cfg.get("poster_size"), "eval": []}
-    with torch.no_grad():
-        x_syn = extract_patches(st.poster.detach(), pb.geom).cpu()
-        y_syn = (pb.labels(st.Y) if pb.labels.learned else pb.labels.table).detach().cpu()
+    x_syn, y_syn = distilled_set(st.poster, st.Y, pb.geom, pb.labels)
     kw = dict(num_models=sz["fid_models"], bs_d=cfg["bs_d"], arch_kwargs={"width": cfg["width"]}, device=device,
               progress=False, seed=0)
     t1 = time.perf_counter()
