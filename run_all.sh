@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The main job of the kit: plan the notebooks' runs, compute the missing ones, render the notebooks.
 #
-#   ./run_all.sh [--profile smoke|quick|paper|paper-text] [--only NAMES] [--datasets NAMES] [--force] [--plan]
+#   ./run_all.sh [--profile smoke|quick|cpu-long|paper|paper-text] [--only NAMES] [--datasets NAMES] [--force] [--plan]
 #                [--executor local|submitit-local|slurm] [--jobs N] [--slurm-config FILE]
 #                [--partition P] [--gpus-per-run G] [--time-min M] [--array-parallelism A]
 #                [--sbatch KEY=VALUE]... [--seconds-per-step S]
 #
-#   --profile      how much compute to spend: smoke (seconds), quick (default), paper (full runs, as the
+#   --profile      how much compute to spend: smoke (seconds), quick (default), cpu-long (quick at width
+#                  128 with learned labels, where the poster beats the tiling), paper (full runs, as the
 #                  authors' release runs them), paper-text (full runs, as the paper's text describes them)
 #   --only         comma-separated notebook names or numbers, e.g. 02,03 (default: all); an error
 #                  when it matches no notebook
@@ -27,7 +28,8 @@
 # notebooks/ renders from the cached results through papermill (kernel python3, cwd notebooks/):
 # a run that failed shows as a missing row. Executed notebooks go to outputs/notebooks/<profile>/
 # (papermill's log of each beside it), figures to <out>/figures/, tables to <out>/results/, the
-# report to <out>/report.md, where <out> is outputs/ (outputs/smoke/ for smoke). Job logs are
+# report to <out>/report.md, where <out> is outputs/
+# (outputs/smoke/ and outputs/cpu-long/ for those profiles). Job logs are
 # under <out>/jobs/. Finished runs are cached by their resolved config (<out>/runs/), and both
 # distillations and evaluations resume after an interruption: run the same command again.
 # Exit status: 0 all good, 1 a run or a notebook failed, 2 bad input.
@@ -35,7 +37,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run_all: $*" >&2; echo "(./run_all.sh --help for usage)" >&2; exit 2; }
 
 PROFILE=quick
@@ -66,8 +68,8 @@ while [ $# -gt 0 ]; do
 done
 
 case "$PROFILE" in
-    smoke|quick|paper|paper-text) ;;
-    *) die "--profile must be smoke, quick, paper or paper-text (got '$PROFILE')" ;;
+    smoke|quick|cpu-long|paper|paper-text) ;;
+    *) die "--profile must be smoke, quick, cpu-long, paper or paper-text (got '$PROFILE')" ;;
 esac
 export PODD_PROFILE="$PROFILE"
 
@@ -92,7 +94,7 @@ set -e
 [ "$PLAN_ONLY" -eq 1 ] && exit "$runs_status"
 [ "$runs_status" -eq 130 ] && exit 130
 
-OUT=outputs; [ "$PROFILE" = smoke ] && OUT=outputs/smoke
+OUT=outputs; case "$PROFILE" in smoke|cpu-long) OUT="outputs/$PROFILE" ;; esac
 NBDIR="outputs/notebooks/$PROFILE"
 mkdir -p "$NBDIR"
 PARAMS=(-p profile "$PROFILE" -p data_root "$ROOT" -p out_dir ../outputs)

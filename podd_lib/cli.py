@@ -303,7 +303,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-PROFILE_CHOICES = ("smoke", "quick", "paper", "paper-text")  # config.PROFILES, without importing torch for --help
+PROFILE_CHOICES = ("smoke", "quick", "cpu-long", "paper", "paper-text")  # config.PROFILES, without importing torch for --help
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--ipc", type=float, default=None, help="images per class budget (default: the config's)")
         sp.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_CHOICES,
                         help=f"settings profile (default: {DEFAULT_PROFILE}, as in run_all.sh); paper: the authors' "
-                        "release; paper-text: the paper's text; quick, smoke: reduced")
+                        "release; paper-text: the paper's text; quick, smoke: reduced; cpu-long: quick at width 128 "
+                        "with learned labels")
         sp.add_argument("--config", metavar="FILE.toml",
                         help="TOML file of config overrides, key = value (default: none; --set wins over it)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from .errors import PoddError
@@ -23,7 +24,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DATASETS = ("cifar10", "cifar100", "cub200", "tinyimagenet")
-PROFILES = ("smoke", "quick", "paper", "paper-text")
+PROFILES = ("smoke", "quick", "cpu-long", "paper", "paper-text")
+OWN_OUTPUT_FOLDER = ("smoke", "cpu-long")  # profiles whose outputs go to <out>/<profile>, not beside quick's
 TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "cub200": 5994, "tinyimagenet": 100000}
 
 
@@ -76,6 +78,11 @@ def run_list(profile: str) -> dict:
     if profile not in PROFILES:
         raise PoddError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     return _read_toml("runs.toml").get(profile, {})
+
+
+def profile_out_dir(out_dir: str, profile: str) -> str:
+    """Where a profile's outputs go: <out>/smoke and <out>/cpu-long, else <out> itself."""
+    return str(Path(out_dir) / profile) if profile in OWN_OUTPUT_FOLDER else str(out_dir)
 
 
 def profile_overrides(profile: str, dataset: str) -> dict:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Open the notebooks in JupyterLab with the kit's kernel.
 #
-#   scripts/lab.sh [--port N] [--profile smoke|quick|paper] [other `jupyter lab` options]
+#   scripts/lab.sh [--port N] [--profile smoke|quick|cpu-long|paper|paper-text] [other `jupyter lab` options]
 #
 # Creates or reuses .venv through scripts/ensure_env.sh, like ./run_all.sh and ./run_tests.sh,
 # then serves the repository on 127.0.0.1 (first free port from 8888, or --port) with a fresh
@@ -28,8 +28,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "${PODD_PROFILE:-quick}" in
-    smoke|quick|paper) ;;
-    *) die "--profile must be smoke, quick or paper (got '${PODD_PROFILE}')" ;;
+    smoke|quick|cpu-long|paper|paper-text) ;;
+    *) die "--profile must be smoke, quick, cpu-long, paper or paper-text (got '${PODD_PROFILE}')" ;;
 esac
 [ -z "$PORT" ] || [[ "$PORT" =~ ^[0-9]+$ && "$PORT" -ge 1 && "$PORT" -le 65535 ]] \
     || die "--port must be a port number 1-65535 (got '$PORT')"

@@ -26,7 +26,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ..config import TRAIN_SIZES, resolve_config
+from ..config import TRAIN_SIZES, profile_out_dir, resolve_config
 from ..errors import PoddError
 from . import experiments, studies
 from .session import Session
@@ -283,7 +283,7 @@ def build_plan(profile: str, only: str | None = None, datasets: Sequence[str] | 
     """
     resolve_config("cifar10", 1.0, profile)  # an unknown profile fails here, in one line
     names = select_notebooks(notebook_names(notebooks_dir), only)
-    out = str(Path(out_dir) / "smoke") if profile == "smoke" else str(out_dir)
+    out = profile_out_dir(out_dir, profile)
     base = Path(notebooks_dir)
     runs: dict[str, dict] = {}
     per_nb: dict[str, list[str]] = {}

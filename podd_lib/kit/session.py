@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import irrelevant_keys, resolve_config, tiling_overrides
+from ..config import irrelevant_keys, profile_out_dir, resolve_config, tiling_overrides
 from ..errors import PoddError
 from . import experiments, plots, report
 
@@ -236,7 +236,7 @@ def setup(name: str, profile: str, out_dir: str = "../outputs", data_root: str |
     for ds in [*datasets, dataset]:
         resolve_config(ds, 1.0, profile)  # an unknown dataset or profile fails here, in one line
     root = str(Path(data_root)) if data_root else str(notebook_root() / "data")
-    out = str(Path(out_dir) / "smoke") if profile == "smoke" else str(out_dir)
+    out = profile_out_dir(out_dir, profile)
     speed_settings()
     s = Session(name, profile, out, root, device, bool(force), list(datasets), seeds, dataset, limit_threads(profile))
     print(f"profile={profile}  datasets={s.datasets}  seeds={seeds}  data_root={root}  out_dir={out}  "
