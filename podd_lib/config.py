@@ -86,12 +86,14 @@ def profile_out_dir(out_dir: str, profile: str) -> str:
 
 
 def profile_overrides(profile: str, dataset: str) -> dict:
-    """The overrides a profile makes for a dataset (the [profile] table, then [profile.dataset])."""
+    """The overrides a profile makes for a dataset: those of the profile it `extends`, then its own
+    [profile] table, then [profile.dataset]."""
     if profile not in PROFILES:
         raise PoddError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     table = _read_toml("profiles.toml").get(profile, {})
-    common = {k: v for k, v in table.items() if not isinstance(v, dict)}
-    return {**common, **table.get(dataset, {})}
+    parent = profile_overrides(table["extends"], dataset) if "extends" in table else {}
+    common = {k: v for k, v in table.items() if not isinstance(v, dict) and k != "extends"}
+    return {**parent, **common, **table.get(dataset, {})}
 
 
 def parse_value(text: str) -> Any:

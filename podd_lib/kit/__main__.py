@@ -1,4 +1,8 @@
-"""`python -m podd_lib.kit readme OUT_DIR README.md`: recompute README's claims table from OUT_DIR/results."""
+"""`python -m podd_lib.kit readme OUT_DIR README.md`: recompute README's claims table of OUT_DIR from OUT_DIR/results.
+
+README holds one block per output folder (outputs for quick, outputs/cpu-long for cpu-long), each
+opened by a marker that names its command.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ def main(argv: list[str]) -> int:
         return 2
     readme = Path(argv[2])
     try:
-        text = update_readme(readme.read_text(encoding="utf-8"), load_results(argv[1]))
+        out_dir = Path(argv[1]).as_posix().rstrip("/")
+        text = update_readme(readme.read_text(encoding="utf-8"), load_results(argv[1]), out_dir)
     except (OSError, ValueError) as exc:
         print(f"podd_lib.kit: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,9 @@ PROFILE_MEANING = {
     "quick": "the quick profile: a reduced reproduction for a 2-core CPU (narrower network, shorter "
              "unroll, smaller real batches and far fewer distillation steps than the paper, see "
              "podd_lib/configs/profiles.toml). Expect lower accuracies than the paper.",
+    "cpu-long": "the cpu-long profile: the quick profile at the paper's width (128 filters) with learned labels at "
+                "every IPC (the paper: fixed labels from 0.7 IPC up on CIFAR-10), the cheapest setting probed on a CPU "
+                "where the poster beats the tiling (benchmarks/probes.md). Expect lower accuracies than the paper.",
     "paper": "the paper profile: the paper's settings, run as the authors' release runs them (the release "
              "produced the paper's numbers: class-area init, one curriculum draw per epoch, its clipping "
              "order, epoch-walk real batches; meant for a GPU).",

@@ -59,6 +59,16 @@ def test_each_claim_fails_when_its_numbers_do_not_support_it(change, claim):
     assert verdicts(results(**change))[claim] == "not shown"
 
 
+def test_poster_against_tiling_reads_table2_first_then_table1():
+    claim = "a poster beats the 1-IPC tiling (CIFAR-10, 1 IPC)"
+    res = results(poster=25.0)  # Table 1 alone: not shown
+    assert verdicts(res)[claim] == "not shown"
+    res[1]["rows"] += [row(method="PoDD (poster, 1 IPC)", ours_mean=29.0), row(method="RaT-BPTT (tiling, 1 IPC)", ours_mean=27.0)]
+    assert verdicts(res)[claim] == "shown"
+    only_t2 = [r for r in res if r["name"].startswith("03")]
+    assert verdicts(only_t2)[claim] == "shown"
+
+
 def test_missing_runs_are_not_run():
     v = verdicts([])
     assert set(v.values()) == {"not run"}
@@ -95,3 +105,10 @@ def test_update_readme_replaces_only_the_block_and_needs_markers():
     assert new.startswith("intro\n") and new.endswith("\noutro\n") and "old" not in new and "**shown**" in new
     with pytest.raises(ValueError):
         claims.update_readme("no markers", results())
+
+
+def test_each_output_folder_has_its_own_readme_block():
+    text = f"{claims.readme_begin()}\nA\n{claims.README_END}\n{claims.readme_begin('outputs/cpu-long')}\nB\n{claims.README_END}\n"
+    new = claims.update_readme(text, results(), "outputs/cpu-long")
+    assert "\nA\n" in new and "\nB\n" not in new and new.count("**shown**") >= 1
+    assert new.index("**shown**") > new.index("cpu-long")

@@ -25,3 +25,23 @@ def test_a_notebook_parameter_wins_over_the_run_list():
 def test_an_unknown_profile_is_one_line():
     with pytest.raises(PoddError, match="unknown profile"):
         run_list("fast")
+
+
+def test_cpu_long_is_quick_at_width_128_with_learned_labels():
+    from podd_lib.config import profile_out_dir, profile_overrides, resolve_config
+
+    quick, long = profile_overrides("quick", "cifar10"), profile_overrides("cpu-long", "cifar10")
+    assert "extends" not in long
+    assert {k: v for k, v in long.items() if quick.get(k) != v} == {"width": 128, "labels": "learned"}
+    for ipc in (1.0, 0.5):
+        cfg = resolve_config("cifar10", ipc, "cpu-long")
+        assert cfg["width"] == 128 and cfg["label_kind"] == "learned" and cfg["steps"] == quick["steps"]
+    assert profile_out_dir("../outputs", "cpu-long").endswith("outputs/cpu-long")
+    assert profile_out_dir("../outputs", "quick") == "../outputs"
+
+
+def test_cpu_long_thins_the_run_list():
+    assert studies.figure6_grids("cpu-long") == [[5, 2], [10, 4], [16, 6]]
+    assert studies.class_orders("cpu-long") == ["paper", "random:1", "random:2", "random:3"]
+    assert studies.algorithm_plan(["dm"], ["tiling", "poster"], profile="cpu-long") == [
+        ("dm", "tiling", "random"), ("dm", "poster", "random")]
