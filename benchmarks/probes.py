@@ -148,6 +148,14 @@ def append_row(row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def profiles_running(overrides: dict) -> list[str]:
+    """The profiles whose settings are `quick`'s with exactly these overrides (configs/profiles.toml)."""
+    from podd_lib.config import PROFILES, profile_overrides
+
+    quick = profile_overrides("quick", "cifar10")
+    return [p for p in PROFILES if p != "quick" and {**quick, **overrides} == profile_overrides(p, "cifar10")]
+
+
 def render_table(rows: list[dict]) -> str:
     """benchmarks/probes.md: the cost table, then one line per probe with poster and tiling side by side."""
     from podd_lib.kit.claims import beats
@@ -200,6 +208,10 @@ def render_table(rows: list[dict]) -> str:
     done = [n for n, v in verdicts.items() if not v.startswith("pending")]
     lines += ["", f"Probes with 2 or more seeds: {len(done)}. The poster beats the tiling on every seed in: "
               f"{', '.join(shown) if shown else 'none of them'}."]
+    for name in shown:
+        profiles = profiles_running(by_probe[name][0]["overrides"])
+        lines.append(f"Probe {name} runs as the profile {', '.join(profiles)} (`./run_all.sh --profile {profiles[0]}`)."
+                     if profiles else f"No profile runs probe {name}'s settings.")
     return "\n".join(lines) + "\n"
 
 

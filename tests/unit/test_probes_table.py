@@ -29,4 +29,10 @@ def test_the_verdict_needs_every_seed_to_beat_by_more_than_the_pooled_spread():
     assert verdict(table, "close") == "no"  # 0.3 points is inside the spread of 0.5
     assert verdict(table, "one").startswith("pending")
     assert "+2.0 [+2.0, +2.0]" in table
-    assert table.rstrip().endswith("Probes with 2 or more seeds: 3. The poster beats the tiling on every seed in: wins.")
+    assert "Probes with 2 or more seeds: 3. The poster beats the tiling on every seed in: wins." in table
+    assert table.rstrip().endswith("No profile runs probe wins's settings.")
+
+
+def test_a_shown_probe_names_the_profile_that_runs_it():
+    assert probes.profiles_running(probes.PROBES["w128-learned"][0]) == ["cpu-long"]
+    assert probes.profiles_running({"width": 64}) == []
