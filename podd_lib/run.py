@@ -360,7 +360,7 @@ def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> No
         k = selection.kept(out)
         poster, Y, kept = k["poster"], k["Y"], {"step": k["step"], "score": k["score"], "by_step": k["by_step"]}
     with torch.no_grad():
-        patch_labels = pb.labels(Y.to(st.poster.device)).cpu() if pb.labels.learned else pb.labels.table.cpu()
+        patch_labels = pb.labels(None if Y is None else Y.to(st.poster.device)).cpu()  # fixed labels ignore Y
     prep = real.preprocess.state_dict() if hasattr(real, "preprocess") else None
     atomic_torch_save(
         {"poster": poster, "geometry": pb.geom.to_dict(), "order": pb.order, "classes": list(real.classes),

@@ -33,7 +33,7 @@ def due(cfg: dict, step: int) -> bool:
 def distilled_set(poster: Tensor, Y: Tensor | None, geom: PosterGeometry, labels: PosterLabels) -> tuple[Tensor, Tensor]:
     """The training set a poster stands for: its patches and their labels, detached, on the CPU."""
     with torch.no_grad():
-        y = labels(Y) if labels.learned else labels.table
+        y = labels(Y)  # fixed labels ignore Y
         return extract_patches(poster.detach(), geom).cpu(), y.detach().cpu()
 
 
