@@ -99,7 +99,7 @@ def less_than_one_ipc(results: Iterable[Mapping]) -> dict:
     if top and low and random:
         ok = top["ours_mean"] >= low["ours_mean"] and all(beats(r, random) for r in rows)
     ours = (f"{fmt(top)} at 1.0, {fmt(low)} at 0.3; lowest of {len(rows)} IPCs "
-            f"{min((r['ours_mean'] for r in rows), default=float('nan')):.1f} vs random real {fmt(random)}")
+            f"{min(r['ours_mean'] for r in rows):.1f} vs random real {fmt(random)}") if rows else "\u2014"
     return _claim("accuracy falls gently from 1.0 to 0.3 IPC and stays above random real images",
                   f"{fmt(top, 'paper_mean', 'paper_std')} at 1.0, {fmt(low, 'paper_mean', 'paper_std')} at 0.3",
                   ours, f"acc(1.0) >= acc(0.3), and every IPC beats random real (1 IPC): {BEATS_RULE}", ok,

@@ -72,6 +72,7 @@ def test_poster_against_tiling_reads_table2_first_then_table1():
 def test_missing_runs_are_not_run():
     v = verdicts([])
     assert set(v.values()) == {"not run"}
+    assert all("nan" not in r["ours"] for r in claims.claims_table([]))
 
 
 def test_pooled_spread_and_pearson():
