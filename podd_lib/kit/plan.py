@@ -72,9 +72,28 @@ def notebook_params(path: str | os.PathLike) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- recording session
 
 
+def train_size(cfg: dict, kind: str) -> int:
+    """How many images the run's evaluation networks train on: the patches, the random images, or a full batch."""
+    if kind == "full":
+        return FULL_BATCH
+    if kind == "random":
+        return max(1, round(cfg["ipc"])) * cfg["n_classes"]
+    from ..run import geometry_from_config
+
+    g = geometry_from_config(cfg)
+    return g.n_patches * (cfg["n_classes"] if cfg.get("per_class_posters") else 1)
+
+
+def inner_batch(cfg: dict, n: int) -> int:
+    """The patches in one inner step of the distillation: bs_d, or all of them when fewer."""
+    return min(cfg["bs_d"], n)
+
+
 def _spec(kind: str, folder: Path, base: dict, cfg: dict, notebook: str, root: str) -> dict:
     """One planned run as plain data (folder as the notebooks see it, from root)."""
+    n = train_size(cfg, kind) if cfg.get("n_classes") else 0
     return {"kind": kind, "folder": str(folder), "result": str(folder / "result.json"), **base,
+            "train_size": n, "inner_batch": inner_batch(cfg, n) if kind == "distill" else 0,
             "config_key": experiments.config_key(cfg), "cached": (Path(root) / folder / "result.json").exists(),
             "steps": cfg["steps"] if kind == "distill" else 0, "algorithm": cfg["algorithm"],
             "eval_models": cfg["eval_models"], "eval_steps": cfg["eval_steps"][-1],
@@ -220,8 +239,8 @@ def default_rates(profile: str) -> dict:
 
 def measured_rates(out_dir: str | os.PathLike, profile: str) -> dict:
     """Medians over cached results of one profile: seconds per outer step (by algorithm) and per model step."""
-    step: dict[str, list[float]] = {}
-    model_step: list[float] = []
+    step: dict[str, list[tuple[int, float]]] = {}
+    model_step: list[tuple[int, float]] = []
     for path in Path(out_dir, "runs").glob("*/*/result.json"):
         try:
             r = json.loads(path.read_text())
@@ -229,22 +248,58 @@ def measured_rates(out_dir: str | os.PathLike, profile: str) -> dict:
             continue
         if r.get("profile") != profile:
             continue
+        cfg, n = r.get("config") or {}, _result_size(r)
         if r.get("seconds_per_step_median"):
-            algo = (r.get("config") or {}).get("algorithm", "ratbptt")
-            step.setdefault(algo, []).append(float(r["seconds_per_step_median"]))
+            m = inner_batch(cfg, n) if cfg.get("bs_d") and n else 0
+            step.setdefault(cfg.get("algorithm", "ratbptt"), []).append((m, float(r["seconds_per_step_median"])))
         soft = (r.get("eval") or {}).get("soft") or {}
         if soft.get("seconds") and soft.get("num_models") and soft.get("by_step"):
-            model_step.append(soft["seconds"] / (soft["num_models"] * soft["by_step"][-1]["step"]))
-    return {"step": {a: statistics.median(v) for a, v in step.items()},
-            "model_step": statistics.median(model_step) if model_step else None,
+            model_step.append((n, soft["seconds"] / (soft["num_models"] * soft["by_step"][-1]["step"])))
+    return {"step": {a: statistics.median(v for _, v in pts) for a, pts in step.items()},
+            "step_points": {a: [p for p in pts if p[0]] for a, pts in step.items()},
+            "model_step": statistics.median(v for _, v in model_step) if model_step else None,
+            "model_step_points": [p for p in model_step if p[0]],
             "n_step": sum(len(v) for v in step.values()), "n_model_step": len(model_step)}
 
 
+def _result_size(r: dict) -> int:
+    """The training-set size of a cached result (0 when it does not say)."""
+    if r.get("geometry"):
+        g = r["geometry"]
+        return g["n_patches"] * (g["n_classes"] if (r.get("config") or {}).get("per_class_posters") else 1)
+    if r.get("n_images"):
+        return int(r["n_images"])
+    return FULL_BATCH if r.get("epochs") else 0
+
+
+def interpolate(points: Sequence[tuple[int, float]], x: int) -> float | None:
+    """The rate at size x, linear between the measured sizes around it (medians per size), the nearest outside them."""
+    by_size: dict[int, list[float]] = {}
+    for size, rate in points:
+        by_size.setdefault(size, []).append(rate)
+    xs = sorted(by_size)
+    if not xs or not x:
+        return None
+    ys = [statistics.median(by_size[k]) for k in xs]
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = next(i for i, k in enumerate(xs) if k >= x)
+    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+
+
 def estimate(run: dict, rates: dict) -> float:
-    """Seconds a run should take: outer steps x s/step + (evaluation phases + the poster's scorings) x steps x models x s/model step."""
-    sps = rates["step"].get(run["algorithm"], rates["step_default"])
+    """Seconds a run should take: outer steps x s/step + (evaluation phases + the poster's scorings) x steps x models x s/model step.
+
+    Both rates follow the run's size where cached runs measured it: s/step by the inner batch, s/model step
+    by the training set (the 5x2 tiling's step costs a fraction of the 16x6 poster's).
+    """
+    sps = (interpolate(rates.get("step_points", {}).get(run["algorithm"], []), run.get("inner_batch", 0))
+           or rates["step"].get(run["algorithm"], rates["step_default"]))
+    mps = interpolate(rates.get("model_step_points", []), run.get("train_size", 0)) or rates["model_step"]
     phases = run.get("eval_phases", 2) + run.get("scorings", 0)
-    return run["steps"] * sps + phases * run["eval_steps"] * run["eval_models"] * rates["model_step"]
+    return run["steps"] * sps + phases * run["eval_steps"] * run["eval_models"] * mps
 
 
 def rates_for(out_dir: str | os.PathLike, profile: str, seconds_per_step: float | None = None) -> dict:
@@ -255,19 +310,22 @@ def rates_for(out_dir: str | os.PathLike, profile: str, seconds_per_step: float 
         step_basis = f"{seconds_per_step:g} s per outer step, given on the command line"
     elif m["step"]:
         step, step_default = m["step"], statistics.median(m["step"].values())
-        step_basis = (f"measured: median s/step of {m['n_step']} cached {profile} results, by algorithm "
+        step_basis = (f"measured: s/step of {m['n_step']} cached {profile} results, by algorithm and inner batch "
+                      "(linear between measured batches), else the algorithm's median "
                       + ", ".join(f"{a} {v:.3g}" for a, v in sorted(m["step"].items())))
     else:
         step, step_default = {}, float(d["seconds_per_step"])
         step_basis = f"default {d['seconds_per_step']:g} s per outer step ({d['step_basis']})"
     if m["model_step"] is not None:
         model_step = m["model_step"]
-        model_basis = f"measured: median of {m['n_model_step']} cached {profile} evaluations, {model_step:.3g} s per model step"
+        model_basis = (f"measured: s per model step of {m['n_model_step']} cached {profile} evaluations, by training-set "
+                       f"size (linear between measured sizes), else their median {model_step:.3g}")
     else:
         model_step = float(d["seconds_per_model_step"])
         model_basis = f"default {model_step:g} s per model step ({d['model_step_basis']})"
-    return {"step": step, "step_default": step_default, "model_step": model_step,
-            "basis": [step_basis, model_basis]}
+    points = m["step_points"] if seconds_per_step is None else {}
+    return {"step": step, "step_default": step_default, "model_step": model_step, "step_points": points,
+            "model_step_points": m["model_step_points"], "basis": [step_basis, model_basis]}
 
 
 # ----------------------------------------------------------------------------- the plan
