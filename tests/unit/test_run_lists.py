@@ -45,3 +45,15 @@ def test_cpu_long_thins_the_run_list():
     assert studies.class_orders("cpu-long") == ["paper", "random:1", "random:2", "random:3"]
     assert studies.algorithm_plan(["dm"], ["tiling", "poster"], profile="cpu-long") == [
         ("dm", "tiling", "random"), ("dm", "poster", "random")]
+
+
+def test_the_shell_entry_points_accept_every_profile():
+    import re
+    from pathlib import Path
+
+    from podd_lib.config import PROFILES
+
+    root = Path(__file__).resolve().parents[2]
+    for script in ("run_all.sh", "scripts/lab.sh"):
+        cases = re.findall(r"^\s*([a-z|-]+)\) ;;$", (root / script).read_text(), re.M)
+        assert "|".join(PROFILES) in cases, script
