@@ -265,8 +265,8 @@ def measured_rates(out_dir: str | os.PathLike, profile: str) -> dict:
 def _result_size(r: dict) -> int:
     """The training-set size of a cached result (0 when it does not say)."""
     if r.get("geometry"):
-        g = r["geometry"]
-        return g["n_patches"] * (g["n_classes"] if (r.get("config") or {}).get("per_class_posters") else 1)
+        cfg = r.get("config") or {}  # a per-class poster's geometry is one class's: count every class's patches
+        return r["geometry"]["n_patches"] * (cfg.get("n_classes", 1) if cfg.get("per_class_posters") else 1)
     if r.get("n_images"):
         return int(r["n_images"])
     return FULL_BATCH if r.get("epochs") else 0
