@@ -49,6 +49,10 @@ PROBES: dict[str, tuple[dict, tuple[int, ...]]] = {
     "areas-lr01-s300": ({**RELEASE_INIT, "lr": 0.01, "steps": 300}, (0, 1)),
     "w64-win20-s300": ({"width": 64, "window": 20, "totwindow": 60, "lr": 0.01, "steps": 300}, (0, 1)),
     "fig6-s100": ({**PAPER_INNER, **RELEASE_INIT, "steps": 100}, (0, 1)),
+    "w128-s300": ({"width": 128, "steps": 300}, (0, 1, 2)),
+    "w128-win10": ({"width": 128, "window": 10, "totwindow": 40}, (0, 1, 2)),
+    "w128-proportional": ({"width": 128, "fixed_labels_form": "proportional"}, (0, 1, 2)),
+    "w128-learned-s300": ({"width": 128, "labels": "learned", "steps": 300}, (0, 1, 2)),
 }
 
 # Knobs whose cost per outer step is measured first (--costs): the quick profile and one change each.
@@ -83,11 +87,12 @@ def tiling() -> dict:
     return tiling_overrides("cifar10", "quick")
 
 
-def run_probe(name: str, device: str) -> list[dict]:
-    """Distil and evaluate a probe's poster/tiling pairs; append and return its rows."""
+def run_probe(name: str, device: str, only_seeds: list[int] | None = None) -> list[dict]:
+    """Distil and evaluate a probe's poster/tiling pairs (all its seeds, or only_seeds); append and return its rows."""
     from podd_lib.kit.experiments import distill_and_evaluate
 
     over, seeds = PROBES[name]
+    seeds = tuple(s for s in seeds if only_seeds is None or s in only_seeds)
     done = {(r["probe"], r["representation"], r["seed"]) for r in read_rows() if "probe" in r}
     rows = []
     for seed in seeds:
@@ -222,6 +227,7 @@ def main() -> None:
     p.add_argument("--costs", action="store_true", help="measure seconds per outer step of each knob first")
     p.add_argument("--cost-steps", type=int, default=3, help="timed outer steps per knob (after one warm-up)")
     p.add_argument("--table", action="store_true", help="write benchmarks/probes.md from the recorded rows")
+    p.add_argument("--seeds", type=int, nargs="*", help="run only these of each probe's seeds (first seeds first)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
     unknown = [n for n in a.run or [] if n not in PROBES]
@@ -230,7 +236,7 @@ def main() -> None:
     if a.costs:
         measure_costs(a.cost_steps, a.device)
     for name in a.run or []:
-        run_probe(name, a.device)
+        run_probe(name, a.device, a.seeds)
         TABLE.write_text(render_table(read_rows()))
     if a.table:
         TABLE.write_text(render_table(read_rows()))

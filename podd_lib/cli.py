@@ -141,7 +141,8 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
     geom = geometry_from_config(cfg)
     identity = [[r * geom.o_x + c for c in range(geom.o_x)] for r in range(geom.o_y)]
-    labels = PosterLabels(identity, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"])
+    labels = PosterLabels(identity, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"],
+                             fixed_form=cfg.get("fixed_labels_form", "majority"))
     info = {"dataset": cfg["dataset"], "ipc_requested": cfg["ipc"], "profile": cfg["profile"],
             "poster_height": geom.d_h, "poster_width": geom.d_w, "patch_grid": [geom.p_x, geom.p_y],
             "geometry": geom.to_dict(), "labels": labels.describe()}

@@ -166,7 +166,10 @@ TEXT_OR_RELEASE = {
     "clip_order": ("text", "release"),      # clip at 2 x the previous EMA then update it, or update then clip
     "real_batches": ("random", "epochs"),   # independent random real batches, or a walk over shuffled epochs
     "keep": ("last", "best_train"),         # the last poster (the text names no selection), or the best on the training set
+    "fixed_labels_form": ("majority", "softmax"),  # fixed labels: the majority class, or a softmax of the pixel counts
 }
+# Options of those keys that are neither the text's nor the release's default.
+MORE_OPTIONS = {"fixed_labels_form": ("proportional",)}
 
 ALGORITHMS = ("ratbptt", "mtt", "dm", "dc")
 SAMPLINGS = ("random", "dream")
@@ -194,6 +197,8 @@ def irrelevant_keys(cfg: dict) -> set[str]:
     unused = {k for keys in ALGORITHM_KEYS.values() for k in keys} - used
     if cfg.get("keep", "last") == "last":
         unused.add("keep_every")
+    if cfg.get("label_kind") == "learned" or cfg.get("per_class_posters"):
+        unused.add("fixed_labels_form")
     return unused
 
 
@@ -203,6 +208,7 @@ def check_algorithm(cfg: dict) -> None:
         if cfg[key] not in allowed:
             raise PoddError(f"unknown {key} {cfg[key]!r}; choose one of {', '.join(allowed)}")
     for key, choices in TEXT_OR_RELEASE.items():
+        choices = choices + MORE_OPTIONS.get(key, ())
         if cfg.get(key, choices[0]) not in choices:
             raise PoddError(f"{key} must be {' or '.join(choices)}, got {cfg.get(key)!r}")
     if cfg["algorithm"] == "mtt" and cfg["sampling"] != "random":

@@ -3,7 +3,9 @@
 Every patch gets a soft label (a probability vector over the n classes).
 
 Fixed labels: upsample the class grid O (o_y x o_x) to the poster (nearest neighbour), count the
-pixels of each class inside the patch window; the majority class takes the label, ties share it.
+pixels of each class inside the patch window; the majority class takes the label, ties share it
+(the text). The release takes a softmax of the pixel counts instead, and offers the counts'
+proportions; `fixed_labels_form` picks one of the three.
 
 Learned labels: a tensor Y of shape (n, l_h, l_w), initialised one-hot from O. A patch's label
 is the window of Y under it, scaled by l/d (window max(1, floor(patch * l / d)), offsets by the
@@ -50,12 +52,26 @@ def majority_labels(counts: Tensor) -> Tensor:
     return top.float() / top.sum(dim=1, keepdim=True)
 
 
-def fixed_labels(order: list[list[int]], geom: PosterGeometry) -> Tensor:
+FIXED_LABEL_FORMS = ("majority", "softmax", "proportional")
+
+
+def labels_from_counts(counts: Tensor, form: str = "majority") -> Tensor:
+    """Rows of class pixel counts -> labels: the majority one-hot (text), their softmax (release), or their proportions."""
+    if form == "majority":
+        return majority_labels(counts)
+    if form == "softmax":
+        return torch.softmax(counts, dim=1)
+    if form == "proportional":
+        return counts / counts.sum(dim=1, keepdim=True)
+    raise PoddError(f"fixed_labels_form must be one of {', '.join(FIXED_LABEL_FORMS)}, got {form!r}")
+
+
+def fixed_labels(order: list[list[int]], geom: PosterGeometry, form: str = "majority") -> Tensor:
     """(p, n) fixed soft labels of all patches, x-major like the patches."""
     onehot = one_hot_map(order, geom.n_classes, geom.d_h, geom.d_w)
     oy, ox = patch_offsets(geom)
     counts = extract_windows(onehot, oy, ox, geom.h, geom.w).sum((2, 3))  # (p, n)
-    return majority_labels(counts)
+    return labels_from_counts(counts, form)
 
 
 # ----------------------------------------------------------------------------- learned labels
@@ -107,9 +123,11 @@ def pooled_labels(Y: Tensor, oy: Tensor, ox: Tensor, win_h: int, win_w: int) -> 
 class PosterLabels:
     """A poster's labels: fixed (a constant (p, n) table) or learned (Y and its windows)."""
 
-    def __init__(self, order: list[list[int]], geom: PosterGeometry, learned: bool, sizing: str = "paper"):
+    def __init__(self, order: list[list[int]], geom: PosterGeometry, learned: bool, sizing: str = "paper",
+                 fixed_form: str = "majority"):
         self.learned = learned
         self.sizing = sizing
+        self.fixed_form = fixed_form
         if learned:
             l_h, l_w = label_grid_size(geom, sizing)
             self.Y = init_label_tensor(order, geom.n_classes, l_h, l_w)
@@ -117,13 +135,13 @@ class PosterLabels:
             self.table = None
         else:
             self.Y = None
-            self.table = fixed_labels(order, geom)
+            self.table = fixed_labels(order, geom, fixed_form)
 
     @classmethod
     def per_class(cls, n_classes: int, geom: PosterGeometry) -> "PosterLabels":
         """Fixed one-hot labels of K = n_classes per-class posters: poster k's p patches are class k."""
         self = cls.__new__(cls)
-        self.learned, self.sizing, self.Y = False, "per_class", None
+        self.learned, self.sizing, self.fixed_form, self.Y = False, "per_class", "majority", None
         self.table = torch.eye(n_classes).repeat_interleave(geom.n_patches, dim=0)
         return self
 
@@ -138,7 +156,7 @@ class PosterLabels:
     def describe(self) -> dict:
         """JSON-ready label parameters."""
         if not self.learned:
-            return {"labels": "fixed", "parameters": 0}
+            return {"labels": "fixed", "form": self.fixed_form, "parameters": 0}
         n, l_h, l_w = self.Y.shape
         return {
             "labels": "learned",

@@ -175,7 +175,8 @@ def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str 
     if cfg.get("per_class_posters"):
         labels = PosterLabels.per_class(cfg["n_classes"], geom)
     else:
-        labels = PosterLabels(order, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"])
+        labels = PosterLabels(order, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"],
+                             fixed_form=cfg.get("fixed_labels_form", "majority"))
     if labels.table is not None:
         labels.table = labels.table.to(device)
     model = model_for(cfg, channels, device)

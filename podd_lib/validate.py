@@ -97,6 +97,7 @@ class ConfigSchema(BaseModel):
     real_batches: Literal["random", "epochs"] = "random"
     keep: Literal["last", "best_train"] = "last"
     keep_every: Count = 100
+    fixed_labels_form: Literal["majority", "softmax", "proportional"] = "majority"
     deterministic: StrictBool = True
     fixed_curriculum: Optional[NonNegative] = None
     device: Optional[StrictStr] = None

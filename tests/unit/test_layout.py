@@ -139,7 +139,8 @@ def test_a_reference_run_records_its_backend_and_matches_the_fast_run(tmp_path):
 
 # The paper's text where it differs from the authors' release: the `paper` profile's values before it
 # took the release's (the text's values are the defaults and so hashed as before).
-PAPER_TEXT = {"init": "normal", "curriculum_draw": "step", "clip_order": "text", "real_batches": "random", "keep": "last"}
+PAPER_TEXT = {"init": "normal", "curriculum_draw": "step", "clip_order": "text", "real_batches": "random", "keep": "last",
+              "fixed_labels_form": "majority"}
 
 
 @pytest.mark.parametrize("ipc, profile, over, key", [

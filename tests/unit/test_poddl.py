@@ -1,13 +1,17 @@
 """PoDDL: fixed labels (majority, ties shared) and learned labels (window pooling, L1, clipping)."""
 
+import pytest
 import torch
 
+from podd_lib.errors import PoddError
 from podd_lib.poddl import (
+    FIXED_LABEL_FORMS,
     PosterLabels,
     class_map,
     clip_labels_,
     fixed_labels,
     label_grid_size,
+    labels_from_counts,
     majority_labels,
 )
 from podd_lib.poster import make_geometry, tiling_geometry
@@ -81,3 +85,24 @@ def test_clip_labels_at_zero():
     Y = torch.tensor([[-1.0, 2.0]], requires_grad=True)
     clip_labels_(Y)
     assert Y.tolist() == [[0.0, 2.0]]
+
+
+def test_fixed_label_forms_majority_softmax_and_proportions():
+    counts = torch.tensor([[30.0, 10.0, 0.0], [20.0, 20.0, 0.0], [21.0, 20.0, 5.0]])
+    assert torch.equal(labels_from_counts(counts, "majority"), torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [1.0, 0, 0]]))
+    soft = labels_from_counts(counts, "softmax")
+    assert torch.allclose(soft[1], torch.tensor([0.5, 0.5, 0.0]), atol=1e-6)
+    assert 0.7 < soft[2, 0] < 0.75 and soft[2, 1] > 0.25  # a one-pixel lead is not a one-hot under the softmax
+    prop = labels_from_counts(counts, "proportional")
+    assert torch.allclose(prop[0], torch.tensor([0.75, 0.25, 0.0]))
+    for form in FIXED_LABEL_FORMS:
+        assert torch.allclose(labels_from_counts(counts, form).sum(1), torch.ones(3))
+    with pytest.raises(PoddError):
+        labels_from_counts(counts, "median")
+
+
+def test_poster_labels_take_the_fixed_form():
+    g = make_geometry(0.9, 10, (32, 32), (5, 2), (16, 6))
+    prop = PosterLabels(ORDER, g, learned=False, fixed_form="proportional")()
+    major = PosterLabels(ORDER, g, learned=False)()
+    assert not torch.equal(prop, major) and torch.equal(prop.argmax(1), major.argmax(1))

@@ -17,8 +17,9 @@ from podd_lib.run import distill
 from test_distill import ORDER, fake_real, tiny_cfg
 
 RELEASE = {"init": "class_areas", "curriculum_draw": "epoch", "clip_order": "release", "real_batches": "epochs",
-           "keep": "best_train"}
-TEXT = {"init": "normal", "curriculum_draw": "step", "clip_order": "text", "real_batches": "random", "keep": "last"}
+           "keep": "best_train", "fixed_labels_form": "softmax"}
+TEXT = {"init": "normal", "curriculum_draw": "step", "clip_order": "text", "real_batches": "random", "keep": "last",
+        "fixed_labels_form": "majority"}
 
 
 # ----------------------------------------------------------------------------- clipping order
@@ -191,10 +192,10 @@ def test_deviation_printout_names_the_release_options_under_paper():
     lines = profile_deviations("cifar10", "paper")
     assert lines == ["init = 'class_areas' (paper: 'normal')", "curriculum_draw = 'epoch' (default: 'step')",
                      "clip_order = 'release' (default: 'text')", "real_batches = 'epochs' (default: 'random')",
-                     "keep = 'best_train' (default: 'last')"]
+                     "keep = 'best_train' (default: 'last')", "fixed_labels_form = 'softmax' (default: 'majority')"]
     assert profile_deviations("cifar10", "paper-text") == []
     dm = profile_deviations("cifar10", "paper", overrides={"algorithm": "dm", "sampling": "dream"})
-    assert [line.split(" =")[0] for line in dm] == ["init", "clip_order", "keep"]  # what DM with DREAM reads
+    assert [line.split(" =")[0] for line in dm] == ["init", "clip_order", "keep", "fixed_labels_form"]  # what DM with DREAM reads
 
 
 # ----------------------------------------------------------------------------- whole runs
