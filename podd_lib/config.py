@@ -13,7 +13,7 @@ import math
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import PoddError
 from .fast import AUTOCAST, BACKENDS, COMPILE_MODES
@@ -78,6 +78,23 @@ def run_list(profile: str) -> dict:
     if profile not in PROFILES:
         raise PoddError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     return _read_toml("runs.toml").get(profile, {})
+
+
+# The distillation seeds of the runs a claim compares, where runs.toml names none: the claims rule
+# (kit.claims.MIN_SEEDS) needs at least three paired seeds.
+CLAIM_SEEDS = (0, 1, 2)
+
+
+def profile_seeds(profile: str, seeds: Sequence[int] | None = None) -> list[int]:
+    """The seeds of a notebook's claim-carrying runs: `seeds` when given, else the profile's (runs.toml), else CLAIM_SEEDS."""
+    chosen = seeds if seeds is not None else run_list(profile).get("seeds", CLAIM_SEEDS)
+    try:
+        out = [int(s) for s in chosen]
+    except (TypeError, ValueError):
+        raise PoddError(f"seeds must be a list of integers, got {chosen!r}") from None
+    if not out or len(set(out)) != len(out) or min(out) < 0:
+        raise PoddError(f"seeds must be distinct non-negative integers, got {chosen!r}")
+    return out
 
 
 def profile_out_dir(out_dir: str, profile: str) -> str:

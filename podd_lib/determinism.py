@@ -47,3 +47,46 @@ def deterministic_mode(on: bool = True, device: str | torch.device = "cpu") -> I
         cudnn.deterministic, cudnn.benchmark, mkldnn.deterministic = saved[3:]
         if env is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else the platform's processor string)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def kit_commit() -> str:
+    """The git commit of the kit's checkout ('+dirty' when tracked files changed), or 'unknown' outside git."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def environment(device: str | torch.device = "cpu") -> dict:
+    """What decides whether a run's bits come back: kit commit, versions, thread count, CPU and device."""
+    import platform
+
+    import numpy
+
+    env = {"kit_commit": kit_commit(), "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": numpy.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model()}
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return env

@@ -77,14 +77,12 @@ def render_only() -> bool:
 
 
 def computed_on(device: str) -> dict:
-    """Where a result was computed: host, device (with the GPU's name) and the SLURM job, if any."""
+    """Where and with what a result was computed: host, device, CPU, threads, kit commit, versions, SLURM job."""
     import socket
 
-    import torch
+    from ..determinism import environment
 
-    dev = {"host": socket.gethostname(), "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        dev["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    dev = {"host": socket.gethostname(), "device": device, **environment(device)}
     if os.environ.get("SLURM_JOB_ID"):
         dev["slurm_job"] = os.environ["SLURM_JOB_ID"]
     return dev
@@ -189,7 +187,7 @@ def distill_and_evaluate(
     if render_only():
         return missing_result(run_dir, {
             "tag": tag, "dataset": dataset, "ipc": ipc, "exact_ipc": geom0.ipc, "profile": profile,
-            "config_key": config_key(cfg), "geometry": geom0.to_dict(), "label_kind": cfg["label_kind"],
+            "seed": cfg["seed"], "config_key": config_key(cfg), "geometry": geom0.to_dict(), "label_kind": cfg["label_kind"],
             "steps": cfg["steps"], "seconds_per_step_median": None, "command": command, "config": cfg})
     if force and run_dir.exists():
         import shutil
@@ -212,7 +210,7 @@ def distill_and_evaluate(
     step_secs = [r["seconds"] for r in st.history]
     result = {
         "tag": tag, "dataset": dataset, "ipc": ipc, "exact_ipc": geom.ipc, "profile": profile,
-        "config_key": config_key(cfg), "run_dir": str(run_dir), "geometry": geom.to_dict(),
+        "seed": cfg["seed"], "config_key": config_key(cfg), "run_dir": str(run_dir), "geometry": geom.to_dict(),
         "label_kind": cfg["label_kind"], "steps": st.step,
         "seconds_per_step_median": statistics.median(step_secs) if step_secs else None,
         "seconds_distill_this_call": seconds, "eval": ev, "summary": summarize_eval(ev), "kept": run.get("kept"),
@@ -261,7 +259,8 @@ def random_real_baseline(
     if path.exists() and not force:
         return json.loads(path.read_text())
     command = f"podd evaluate --baseline random --dataset {dataset} --ipc {ipc} --profile {profile}{set_flags(overrides)}"
-    base = {"tag": "random", "dataset": dataset, "ipc": ipc, "profile": profile, "config_key": config_key(cfg),
+    base = {"tag": "random", "dataset": dataset, "ipc": ipc, "profile": profile, "seed": cfg["seed"],
+            "config_key": config_key(cfg),
             "command": command}
     if render_only():
         return missing_result(folder, base)
@@ -292,7 +291,8 @@ def full_data_baseline(
     path = folder / "result.json"
     if path.exists() and not force:
         return json.loads(path.read_text())
-    base = {"tag": "full", "dataset": dataset, "profile": profile, "epochs": ep, "config_key": config_key(cfg),
+    base = {"tag": "full", "dataset": dataset, "profile": profile, "epochs": ep, "seed": cfg["seed"],
+            "config_key": config_key(cfg),
             "command": f"podd evaluate --baseline full --dataset {dataset} --profile {profile} --epochs {ep:g}"
             f"{set_flags(overrides)}"}
     if render_only():

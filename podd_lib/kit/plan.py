@@ -26,7 +26,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ..config import TRAIN_SIZES, profile_out_dir, resolve_config
+from ..config import TRAIN_SIZES, profile_out_dir, profile_seeds, resolve_config
 from ..errors import PoddError
 from . import experiments, studies
 from .session import Session
@@ -213,7 +213,7 @@ def _runs_06(s: PlanSession, p: dict) -> None:
 def _runs_07(s: PlanSession, p: dict) -> None:
     """Notebook 07: every algorithm on the tiling and the poster."""
     plan = studies.algorithm_plan(p["algorithms"], p["representations"], p.get("samplings"), s.profile)
-    studies.algorithm_runs(s, plan, {"init": _param(p, "init"), "seed": s.seeds[0]})
+    studies.algorithm_runs(s, plan, {"init": _param(p, "init")})
 
 
 # The runs of each notebook, by number, mirroring the notebook's own calls (a test renders the smoke
@@ -350,7 +350,7 @@ def build_plan(profile: str, only: str | None = None, datasets: Sequence[str] | 
         nb_datasets = list(datasets) if datasets else list(params.get("datasets") or ["cifar10"])
         num = name.split("_")[0]
         s = PlanSession(name, profile, out, "", "auto", False, nb_datasets,
-                        [int(x) for x in params.get("seeds", [0])], FIXED_DATASET.get(num, nb_datasets[0]), 1,
+                        profile_seeds(profile, params.get("seeds", [0])), FIXED_DATASET.get(num, nb_datasets[0]), 1,
                         notebook=name, root=str(base))
         if num in NOTEBOOK_RUNS:
             NOTEBOOK_RUNS[num](s, params)

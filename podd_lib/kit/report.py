@@ -12,8 +12,9 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..determinism import environment
 from ..errors import PoddError
 from ..io import atomic_write_json, atomic_write_text
 from .tables import NUMERIC_HELPERS, markdown_table
@@ -99,13 +100,15 @@ def root_relative(command: str, out_dir: str | os.PathLike) -> str:
 
 def save_results(out_dir: str | os.PathLike, name: str, rows: Any, profile: str, commands: Sequence[str] = (),
                  notes: Sequence[str] = (), title: str | None = None, columns: Sequence[str] | None = None,
-                 tables: Mapping[str, Any] | None = None) -> Path:
-    """Write out_dir/results/<name>.json: {"name", "title", "profile", "rows", "columns", "commands", "notes"}.
+                 tables: Mapping[str, Any] | None = None, computed_with: Sequence[Mapping | None] = ()) -> Path:
+    """Write out_dir/results/<name>.json: {"name", "title", "profile", "rows", "columns", "commands", "notes", ...}.
 
     rows: a DataFrame or a list of dicts (the table, with 'command' per row when known); commands:
     further commands that produced the numbers (row commands are added); columns: the columns the
     report shows (default: all but the numeric helper columns and 'command'); tables: optional
-    further tables {caption: rows}. Commands are rewritten to run from the repository root.
+    further tables {caption: rows}; computed_with: the `computed_on` records of the runs behind the
+    rows (each distinct one is kept once, beside the environment that wrote the file, `rendered_with`).
+    Commands are rewritten to run from the repository root.
     """
     if not name or "/" in name or "\\" in name:
         raise PoddError(f"results name must be a plain file name, got {name!r}")
@@ -121,8 +124,17 @@ def save_results(out_dir: str | os.PathLike, name: str, rows: Any, profile: str,
         "name": name, "title": title or name, "profile": profile, "rows": plain,
         "columns": list(columns) if columns is not None else None,
         "commands": list(dict.fromkeys(cmds)), "notes": [str(n) for n in notes], "tables": extra,
+        "computed_with": _distinct(c for c in computed_with if c), "rendered_with": environment(),
     }
     return atomic_write_json(Path(out_dir) / "results" / f"{name}.json", payload)
+
+
+def _distinct(records: Iterable[Mapping]) -> list[dict]:
+    """Each distinct record once, in first-seen order."""
+    seen: dict[str, dict] = {}
+    for r in records:
+        seen.setdefault(json.dumps(r, sort_keys=True, default=str), dict(r))
+    return list(seen.values())
 
 
 def load_results(out_dir: str | os.PathLike) -> list[dict]:

@@ -13,11 +13,11 @@ force), so the notebooks never repeat them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import irrelevant_keys, profile_out_dir, resolve_config, tiling_overrides
+from ..config import PROFILES, irrelevant_keys, profile_out_dir, profile_seeds, resolve_config, tiling_overrides
 from ..errors import PoddError
 from . import experiments, plots, report
 
@@ -107,15 +107,21 @@ class Session:
     seeds: list[int]
     dataset: str  # the dataset of single-dataset experiments: the first of datasets unless the notebook fixes it
     threads: int
+    computed: list = field(default_factory=list)  # results this session returned, for their provenance
+
+    def _seen(self, results: list[dict]) -> list[dict]:
+        """Remember results (their `computed_on` goes into the results file); return them."""
+        self.computed += results
+        return results
 
     # ------------------------------------------------------------------ cached runs
 
     def distill(self, ipc: float, overrides: dict | None = None, tag: str = "podd", dataset: str | None = None,
                 seeds: Sequence[int] | None = None) -> list[dict]:
         """Distil and evaluate one poster per seed (kit.experiments.distill_and_evaluate, cached)."""
-        return [experiments.distill_and_evaluate(
+        return self._seen([experiments.distill_and_evaluate(
             dataset or self.dataset, ipc, self.profile, self.out_dir, {**(overrides or {}), "seed": seed},
-            self.data_root, tag=tag, force=self.force, device=self.device) for seed in (seeds or self.seeds)]
+            self.data_root, tag=tag, force=self.force, device=self.device) for seed in (seeds or self.seeds)])
 
     def tiling(self, dataset: str | None = None) -> list[dict]:
         """The RaT-BPTT baseline at 1 IPC, one per seed: patches that tile the poster (cached)."""
@@ -124,20 +130,22 @@ class Session:
 
     def random_baseline(self, ipc: float = 1.0, dataset: str | None = None) -> list[dict]:
         """Random real images within the pixel budget, one set per seed (cached)."""
-        return [experiments.random_real_baseline(dataset or self.dataset, ipc, self.profile, self.out_dir,
-                                                 {"seed": seed}, self.data_root, self.force, self.device)
-                for seed in self.seeds]
+        return self._seen([experiments.random_real_baseline(dataset or self.dataset, ipc, self.profile, self.out_dir,
+                                                            {"seed": seed}, self.data_root, self.force, self.device)
+                           for seed in self.seeds])
 
     def full_baseline(self, dataset: str | None = None) -> list[dict]:
         """The network trained on the whole (profile-sliced) training set, one per seed (cached)."""
-        return [experiments.full_data_baseline(dataset or self.dataset, self.profile, self.out_dir, {"seed": seed},
-                                               self.data_root, self.force, self.device) for seed in self.seeds]
+        return self._seen([experiments.full_data_baseline(dataset or self.dataset, self.profile, self.out_dir,
+                                                          {"seed": seed}, self.data_root, self.force, self.device)
+                           for seed in self.seeds])
 
     def algorithm(self, algorithm: str, representation: str, sampling: str, overrides: dict | None = None,
                   dataset: str | None = None) -> dict:
         """One algorithm on the poster or the tiling, with random or DREAM batches (cached)."""
-        return experiments.algorithm_run(dataset or self.dataset, algorithm, representation, sampling, self.profile,
-                                         self.out_dir, overrides, self.data_root, self.force, self.device)
+        return self._seen([experiments.algorithm_run(dataset or self.dataset, algorithm, representation, sampling,
+                                                     self.profile, self.out_dir, overrides, self.data_root, self.force,
+                                                     self.device)])[0]
 
     def load_run(self, result: dict) -> dict:
         """A finished run's poster, labels and geometry (distill.load_run), with its preprocessor as 'prep'."""
@@ -212,11 +220,12 @@ class Session:
                      name: str | None = None, **kwargs: Any) -> Path:
         """Write out_dir/results/<name>.json (default: the notebook's name) for the report."""
         return report.save_results(self.out_dir, name or self.name, rows, self.profile, notes=notes, title=title,
-                                   columns=columns, **kwargs)
+                                   columns=columns, computed_with=[r.get("computed_on") for r in self.computed],
+                                   **kwargs)
 
 
 def setup(name: str, profile: str, out_dir: str = "../outputs", data_root: str | None = None, device: str = "auto",
-          force: bool = False, datasets: Sequence[str] = ("cifar10",), seeds: Sequence[int] = (0,),
+          force: bool = False, datasets: Sequence[str] = ("cifar10",), seeds: Sequence[int] | None = (0,),
           dataset: str | None = None) -> Session:
     """Set a notebook up: check the parameters, place smoke results apart, set threads and speed settings.
 
@@ -224,10 +233,9 @@ def setup(name: str, profile: str, out_dir: str = "../outputs", data_root: str |
     they never replace real ones. `dataset` fixes the dataset of a single-dataset experiment (a paper
     figure on CIFAR-10), whatever `datasets` says; by default it is the first of `datasets`.
     """
-    try:
-        seeds = [int(s) for s in seeds]
-    except (TypeError, ValueError):
-        raise PoddError(f"seeds must be integers, got {seeds!r}") from None
+    if profile not in PROFILES:
+        raise PoddError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    seeds = profile_seeds(profile, seeds)  # None: the profile's seeds (configs/runs.toml)
     if isinstance(datasets, str) or not datasets:
         raise PoddError(f"datasets must be a non-empty list of names, got {datasets!r}")
     if device not in ("auto", "cpu") and not str(device).startswith("cuda"):

@@ -221,7 +221,7 @@ def print_algorithm_plan(s: Session, plan: Sequence[tuple[str, str, str]]) -> No
 
 
 def algorithm_runs(s: Session, plan: Sequence[tuple[str, str, str]], overrides: dict) -> tuple[list[dict], dict]:
-    """Every planned run (cached; MTT trains and caches its experts first) and the wall time of each call.
+    """Every planned run at every seed of the session (cached; MTT caches its experts) and each cell's wall time.
 
     An override whose value is None is left to the profile (notebook 07's init = None: the profile's init).
     """
@@ -229,7 +229,7 @@ def algorithm_runs(s: Session, plan: Sequence[tuple[str, str, str]], overrides: 
     results, walls = [], {}
     for algo, rep, samp in plan:
         t0 = time.perf_counter()
-        results.append(s.algorithm(algo, rep, samp, overrides))
+        results += [s.algorithm(algo, rep, samp, {**overrides, "seed": seed}) for seed in s.seeds]
         walls[(algo, rep, samp)] = time.perf_counter() - t0
     return results, walls
 

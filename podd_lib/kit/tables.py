@@ -19,7 +19,8 @@ OURS = "ours (mean \u00b1 std)"
 PAPER = "paper (mean \u00b1 std)"
 DELTA = "delta (ours \u2212 paper)"
 PAPER_SOURCE = "reported in the paper"
-NUMERIC_HELPERS = ("ours_mean", "ours_std", "paper_mean", "paper_std", "eval_step", "hard_mean", "hard_std")
+NUMERIC_HELPERS = ("ours_mean", "ours_std", "paper_mean", "paper_std", "eval_step", "hard_mean", "hard_std",
+                   "seed_means", "hard_seed_means")
 
 QUICKSTART_COLUMNS = ["method", OURS, PAPER, DELTA, "profile"]
 TABLE1_COLUMNS = ["method", "IPC", "poster", "patches", OURS, PAPER, DELTA, "profile"]
@@ -59,25 +60,31 @@ def _summary(result: Mapping, kind: str) -> dict | None:
     return None
 
 
+def run_seed(result: Mapping) -> int:
+    """The distillation seed of a result (older results carry it only in their config; default 0)."""
+    return int(result.get("seed", (result.get("config") or {}).get("seed", 0)))
+
+
 def accuracy(results: Mapping | Sequence[Mapping] | None, kind: str = "soft") -> dict | None:
-    """Our accuracy {'mean', 'std', 'step', 'runs'} of a result dict or of several (pooled).
+    """Our accuracy {'mean', 'std', 'step', 'runs', 'by_seed'} of a result dict or of several (pooled).
 
     Works for distill_and_evaluate, random_real_baseline and full_data_baseline results (the full
     baseline has one-hot labels only, so `kind` does not matter there). Several runs (seeds) are
-    pooled: mean and population std over all their evaluation networks. None when nothing is known.
+    pooled: mean and population std over all their evaluation networks. `by_seed` maps each run's
+    seed to its own mean, for the paired comparisons of the claims. None when nothing is known.
     """
     if results is None:
         return None
     runs = [results] if isinstance(results, Mapping) else list(results)
     if not runs:
         return None
-    if len(runs) == 1:
-        s = _summary(runs[0], kind)
-        return None if s is None else {**s, "runs": 1}
-    pooled = [_final_accs(r, kind) for r in runs]
     sums = [_summary(r, kind) for r in runs]
     if any(s is None for s in sums):
         return None
+    by_seed = {run_seed(r): s["mean"] for r, s in zip(runs, sums)}
+    if len(runs) == 1:
+        return {**sums[0], "runs": 1, "by_seed": by_seed}
+    pooled = [_final_accs(r, kind) for r in runs]
     if all(p for p in pooled):
         accs = [a for p in pooled for a in p]
         mean = sum(accs) / len(accs)
@@ -85,7 +92,7 @@ def accuracy(results: Mapping | Sequence[Mapping] | None, kind: str = "soft") ->
     else:  # fake or trimmed results without per-network numbers: mean of means, mean of stds
         mean = sum(s["mean"] for s in sums) / len(sums)
         std = sum(s["std"] for s in sums) / len(sums)
-    return {"mean": mean, "std": std, "step": sums[-1]["step"], "runs": len(runs)}
+    return {"mean": mean, "std": std, "step": sums[-1]["step"], "runs": len(runs), "by_seed": by_seed}
 
 
 def fmt_pm(mean: float | None, std: float | None = None, digits: int = 1) -> str:
@@ -113,6 +120,7 @@ def accuracy_row(method: str, ours: dict | None, paper_ms: tuple[float, float | 
         "profile": profile or "", "command": command or "",
         "ours_mean": o_mean, "ours_std": o_std, "paper_mean": p_mean, "paper_std": p_std,
         "eval_step": ours.get("step") if ours else None,
+        "seed_means": {str(k): v for k, v in sorted((ours or {}).get("by_seed", {}).items())},
     }
 
 
@@ -197,7 +205,8 @@ def table1_frame(results: Sequence[Mapping], dataset: str):
         rows.append(accuracy_row("PoDD", accuracy(runs), paper.TABLE1_PODD.get(ipc, {}).get(dataset),
                                  _first(runs, "profile"), commands_of(runs), IPC=ipc, poster=geo(runs, "poster"),
                                  patches=geo(runs, "patches"), labels=_first(runs, "label_kind"),
-                                 hard_mean=hard.get("mean"), hard_std=hard.get("std")))
+                                 hard_mean=hard.get("mean"), hard_std=hard.get("std"),
+                                 hard_seed_means={str(k): v for k, v in sorted(hard.get("by_seed", {}).items())}))
     rows.append(accuracy_row("Full dataset", accuracy(full), paper.FULL_DATASET.get(dataset), _first(full, "profile"),
                              commands_of(full), IPC=None, poster="", patches=""))
     return pd.DataFrame(rows)
@@ -379,9 +388,8 @@ def algorithms_frame(results: Sequence[Mapping]):
     import pandas as pd
 
     rows = []
-    for r in results:
-        algo, rep, samp = r["algorithm"], r["representation"], r["sampling"]
-        ours = accuracy(r)
+    for (algo, rep, samp), runs in _by_key(results, lambda r: (r["algorithm"], r["representation"], r["sampling"])).items():
+        r, ours = runs[0], accuracy(runs)
         rep_ms = paper.ALGORITHMS_REPORTED_CIFAR10.get(algo) if r.get("dataset") == "cifar10" else None
         on_row = rep_ms is not None and rep == "tiling" and samp == "random"
         rows.append({
@@ -391,8 +399,9 @@ def algorithms_frame(results: Sequence[Mapping]):
             "reported (tiling, random)": fmt_pm(rep_ms[0], rep_ms[1]) if on_row else "",
             "source": (rep_ms[2] + ", reported") if on_row else source_label(r.get("profile", "")),
             "s / step": r.get("seconds_per_step_median"), "profile": r.get("profile", ""),
-            "command": r.get("command", ""), "ours_mean": ours["mean"] if ours else None,
+            "command": commands_of(runs), "ours_mean": ours["mean"] if ours else None,
             "ours_std": ours["std"] if ours else None, "algo_key": algo,
+            "seed_means": {str(k): v for k, v in sorted((ours or {}).get("by_seed", {}).items())},
         })
     return pd.DataFrame(rows)
 

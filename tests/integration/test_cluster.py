@@ -37,10 +37,10 @@ def _scratch(tmp_path: Path) -> Path:
 def test_plan_smoke_lists_each_run_once_with_its_notebooks():
     p = plan.build_plan("smoke", notebooks_dir=REPO / "notebooks", out_dir="../nonexistent-outputs")
     folders = [r["folder"] for r in p["runs"]]
-    assert len(folders) == len(set(folders)) == 21
+    assert len(folders) == len(set(folders)) == 41  # two seeds (runs.toml) for every run a claim compares; 00 and 06 run one
     assert not any(r["cached"] for r in p["runs"])
     by_nb = {n["name"]: n["runs"] for n in p["notebooks"]}
-    assert len(by_nb["07_algorithms_under_posters"]) == 14 and by_nb["01_poco_class_ordering"] == []
+    assert len(by_nb["07_algorithms_under_posters"]) == 28 and by_nb["01_poco_class_ordering"] == []
     shared = next(r for r in p["runs"] if r["tag"] == "quickstart")
     assert shared["notebooks"][:3] == ["00_quickstart", "02_table1_less_than_one_ipc", "03_table2_one_ipc"]
     assert all(r["estimate_s"] > 0 for r in p["runs"]) and p["estimate_s"] == pytest.approx(
@@ -262,5 +262,5 @@ def test_compare_results_tells_tables_apart_but_not_timings(tmp_path):
 def test_notebook_07_leaves_the_init_to_the_profile():
     """Under `paper` every algorithm starts as the profile says (the release's class areas); no run forces an init."""
     runs = plan.build_plan("paper", only="07", notebooks_dir=REPO / "notebooks", out_dir="../x")["runs"]
-    assert len(runs) == 14 and all("--set" in r["command"] for r in runs)
+    assert len(runs) == 42 and all("--set" in r["command"] for r in runs)
     assert not any("init=" in r["command"] for r in runs)

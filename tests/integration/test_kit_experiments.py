@@ -116,7 +116,7 @@ def test_deviations_are_printed_and_noted(capsys, monkeypatch):
     # the paper profile runs as the authors' release: the notebooks show which behaviour is in force
     kit.setup("nb", "paper").show_deviations(1.0)
     out = [x.strip() for x in capsys.readouterr().out.splitlines()]
-    assert "cifar10, profile 'paper': 5 changes" in out and "init = 'class_areas' (paper: 'normal')" in out
+    assert "cifar10, profile 'paper': 6 changes" in out and "init = 'class_areas' (paper: 'normal')" in out
     assert "clip_order = 'release' (default: 'text')" in out
     note = kit.setup("nb", "paper").deviation_notes(1.0)
     assert len(note) == 1 and "curriculum_draw = 'epoch'" in note[0] and "real_batches = 'epochs'" in note[0]

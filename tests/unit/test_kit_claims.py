@@ -9,24 +9,38 @@ import pytest
 from podd_lib.kit import claims
 
 
-def row(**kw):
-    """A results-table row with ours/paper means and stds."""
-    return {"ours_std": 0.5, "paper_mean": None, "paper_std": None, **kw}
+def spread(mean, j):
+    """Three seeds' means around `mean`: mean - j, mean, mean + j (as the results files hold them)."""
+    return {"0": mean - j, "1": mean, "2": mean + j}
+
+
+def row(j=0.5, **kw):
+    """A results-table row with ours/paper means and stds and three seeds' means.
+
+    Rows on the two sides of a comparison take opposite j, so that paired gaps are d - 1, d, d + 1
+    (s.e. 0.58): a difference d of the means is shown when it exceeds 1.15.
+    """
+    out = {"ours_std": 0.5, "paper_mean": None, "paper_std": None, **kw}
+    out["seed_means"] = spread(out["ours_mean"], j)
+    if "hard_mean" in kw:
+        out["hard_seed_means"] = spread(kw["hard_mean"], -j)
+    return out
 
 
 def results(poster=30.0, tiling=27.0, low=25.0, random=17.0, many=31.0, few=28.0, soft=26.0, hard=24.0,
-            order=21.0, randoms=(19.0, 19.5, 20.0), scores=(0.13, 0.09, 0.10, 0.11)):
+            order=22.0, randoms=(19.0, 19.5, 20.0), scores=(0.13, 0.09, 0.10, 0.11)):
     """A synthetic set of result files shaped like the notebooks' outputs/results/*.json."""
-    t1 = [row(method="RaT-BPTT (tiling)", IPC=1.0, ours_mean=tiling),
+    t1 = [row(method="RaT-BPTT (tiling)", IPC=1.0, ours_mean=tiling, j=-0.5),
           row(method="PoDD", IPC=1.0, ours_mean=poster),
           row(method="PoDD", IPC=0.5, ours_mean=soft, hard_mean=hard, hard_std=0.5),
           row(method="PoDD", IPC=0.3, ours_mean=low, hard_mean=hard - 1, hard_std=0.5)]
-    t2 = [row(method="Random real images (1 IPC)", ours_mean=random)]
-    f6 = [row(patches=p, ours_mean=a) for p, a in ((10, few), (40, (few + many) / 2), (96, many))]
+    t2 = [row(method="Random real images (1 IPC)", ours_mean=random, j=-0.5)]
+    f6 = [row(patches=p, ours_mean=a, j=j) for p, a, j in ((10, few, -0.5), (40, (few + many) / 2, 0), (96, many, 0.5))]
     orders = [row(order="paper", score=scores[0], ours_mean=order)]
-    orders += [row(order=f"random:{i}", score=s, ours_mean=a) for i, (s, a) in enumerate(zip(scores[1:], randoms), 1)]
+    orders += [row(order=f"random:{i}", score=s, ours_mean=a, j=-0.5)
+               for i, (s, a) in enumerate(zip(scores[1:], randoms), 1)]
     algos = [row(algorithm="DM", **{"synthetic set": "poster"}, ours_mean=24.0),
-             row(algorithm="DM", **{"synthetic set": "tiling"}, ours_mean=24.2)]
+             row(algorithm="DM", **{"synthetic set": "tiling"}, ours_mean=24.2, j=-0.5)]
     return [{"name": "02_table1_less_than_one_ipc", "rows": t1}, {"name": "03_table2_one_ipc", "rows": t2},
             {"name": "04_ablation_patch_number", "rows": f6}, {"name": "05_ablation_class_order", "rows": orders},
             {"name": "07_algorithms_under_posters", "rows": algos}]
@@ -48,12 +62,12 @@ def test_every_claim_shown_when_the_numbers_say_so():
 
 
 @pytest.mark.parametrize("change, claim", [
-    ({"poster": 27.3}, "a poster beats the 1-IPC tiling (CIFAR-10, 1 IPC)"),  # +0.3 < spread 0.5
+    ({"poster": 28.0}, "a poster beats the 1-IPC tiling (CIFAR-10, 1 IPC)"),  # +1.0 < 2 s.e. = 1.15
     ({"poster": 25.0}, "a poster beats the 1-IPC tiling (CIFAR-10, 1 IPC)"),
-    ({"many": 28.2}, "more patches help (96 vs 10 patches, CIFAR-10, 1 IPC)"),
-    ({"hard": 25.9}, "learned labels beat their argmax below 0.7 IPC"),
+    ({"many": 29.0}, "more patches help (96 vs 10 patches, CIFAR-10, 1 IPC)"),
+    ({"hard": 25.0}, "learned labels beat their argmax below 0.7 IPC"),
     ({"random": 24.8}, "accuracy falls gently from 1.0 to 0.3 IPC and stays above random real images"),
-    ({"order": 19.8}, "PoCO's order beats random orders; ordering score correlates with accuracy"),
+    ({"order": 20.5}, "PoCO's order beats random orders; ordering score correlates with accuracy"),
 ])
 def test_each_claim_fails_when_its_numbers_do_not_support_it(change, claim):
     assert verdicts(results(**change))[claim] == "not shown"
@@ -75,8 +89,29 @@ def test_missing_runs_are_not_run():
     assert all("nan" not in r["ours"] for r in claims.claims_table([]))
 
 
-def test_pooled_spread_and_pearson():
-    assert claims.pooled_spread(3.0, 4.0) == pytest.approx(math.sqrt(12.5))
+def test_paired_gaps_standard_error_and_seed_count():
+    a = {"seed_means": {"0": 30.0, "1": 31.0, "2": 29.0, "3": 40.0}}
+    b = {"seed_means": {"0": 28.0, "1": 28.0, "2": 28.0}}
+    p = claims.paired(a, b)
+    assert [g for _, g in p.gaps] == [2.0, 3.0, 1.0] and p.n == 3  # seed 3 has no partner
+    assert p.mean == pytest.approx(2.0) and p.se == pytest.approx(1 / math.sqrt(3))
+    assert p.verdict == "shown" and p.text() == "+2.0 \u00b1 0.6 s.e. (n = 3: +2.0, +3.0, +1.0)"
+    assert claims.paired({"seed_means": {"0": 9.0, "1": 1.0, "2": 5.0}}, b).verdict == "not shown"  # -23 ± ...
+    two = claims.paired({"seed_means": {"0": 50.0, "1": 50.0}}, b)
+    assert two.verdict == "too few seeds" and two.se == 0.0
+    assert claims.paired(None, b).verdict == "not run"
+    old = {"ours_mean": 30.0}  # a row written before seeds were recorded counts as seed 0 alone
+    assert claims.paired(old, {"ours_mean": 20.0}).n == 1
+
+
+def test_two_seeds_that_agree_decide_nothing():
+    res = results()
+    for r in res[0]["rows"]:
+        r["seed_means"] = {k: v for k, v in r["seed_means"].items() if k != "2"}
+    assert verdicts(res)["a poster beats the 1-IPC tiling (CIFAR-10, 1 IPC)"] == "too few seeds"
+
+
+def test_pearson():
     assert claims.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert claims.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert claims.pearson([1, 2], [1, 2]) is None

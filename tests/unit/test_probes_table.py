@@ -18,18 +18,17 @@ def verdict(table: str, probe: str) -> str:
     return line.split(" | ")[5]
 
 
-def test_the_verdict_needs_every_seed_to_beat_by_more_than_the_pooled_spread():
-    rows = [row("wins", "poster", s, 31.0) for s in (0, 1)] + [row("wins", "tiling", s, 29.0) for s in (0, 1)]
-    rows += [row("mixed", "poster", 0, 31.0), row("mixed", "tiling", 0, 29.0),
-             row("mixed", "poster", 1, 29.0), row("mixed", "tiling", 1, 29.2)]
-    rows += [row("close", "poster", s, 29.3) for s in (0, 1)] + [row("close", "tiling", s, 29.0) for s in (0, 1)]
-    rows += [row("one", "poster", 0, 35.0), row("one", "tiling", 0, 20.0)]
+def test_the_verdict_is_the_paired_gap_over_three_seeds_against_twice_its_standard_error():
+    rows = [row("wins", "poster", s, m) for s, m in ((0, 31.0), (1, 30.5), (2, 31.5))]
+    rows += [row("wins", "tiling", s, 29.0) for s in (0, 1, 2)]  # gaps +2.0, +1.5, +2.5: mean 2.0, s.e. 0.29
+    rows += [row("noisy", "poster", s, m) for s, m in ((0, 33.0), (1, 28.0), (2, 30.0))]
+    rows += [row("noisy", "tiling", s, 29.0) for s in (0, 1, 2)]  # gaps +4, -1, +1: mean 1.3, s.e. 1.45
+    rows += [row("two", "poster", s, 35.0) for s in (0, 1)] + [row("two", "tiling", s, 20.0) for s in (0, 1)]
     table = probes.render_table(rows)
-    assert verdict(table, "wins") == "yes" and verdict(table, "mixed") == "no"
-    assert verdict(table, "close") == "no"  # 0.3 points is inside the spread of 0.5
-    assert verdict(table, "one").startswith("pending")
-    assert "+2.0 [+2.0, +2.0]" in table
-    assert "Probes with 2 or more seeds: 3. The poster beats the tiling on every seed in: wins." in table
+    assert verdict(table, "wins") == "shown" and verdict(table, "noisy") == "not shown"
+    assert verdict(table, "two") == "too few seeds"  # +15 on both seeds, but two seeds decide nothing
+    assert "+2.0 \u00b1 0.3 s.e. (n = 3: +2.0, +1.5, +2.5)" in table
+    assert "Probes with 3 or more seeds: 2. The poster beats the tiling by the rule in: wins." in table
     assert table.rstrip().endswith("No profile runs probe wins's settings.")
 
 
