@@ -5,11 +5,13 @@
 #
 # - If $PODD_PYTHON is set, that interpreter is used as is: nothing is installed.
 # - Otherwise a venv at <repo>/.venv is created with `python3 -m venv` (Python >= 3.10;
-#   set $PYTHON to pick another base interpreter), the kit is installed with
-#   `pip install -e ".[dev]"`, and the Jupyter kernel `python3` is registered inside the venv
-#   so that papermill / nbval (`-k python3`) run notebooks with the venv's python.
-# - A stamp (sha256 of pyproject.toml) in .venv/.podd-stamp skips the install when nothing
-#   changed, so a second call returns at once. Delete .venv to start over.
+#   set $PYTHON to pick another base interpreter), the exact versions of requirements.lock are
+#   installed (scripts/lock.sh makes it; PODD_UNLOCKED=1 takes pyproject.toml's ranges instead, for
+#   platforms the lock does not cover), then the kit itself with `pip install -e ".[dev]"`, and the
+#   Jupyter kernel `python3` is registered inside the venv so that papermill / nbval (`-k python3`)
+#   run notebooks with the venv's python.
+# - A stamp (sha256 of pyproject.toml and requirements.lock) in .venv/.podd-stamp skips the install
+#   when nothing changed, so a second call returns at once. Delete .venv to start over.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +35,8 @@ if [ -n "${PODD_PYTHON:-}" ]; then
 fi
 
 # ---------------------------------------------------------------- 2. the project venv
-STAMP_WANT="$(cd "$REPO" && sha256sum pyproject.toml | cut -d' ' -f1)"
+LOCKED="yes"; [ "${PODD_UNLOCKED:-}" = 1 ] && LOCKED="no"
+STAMP_WANT="$(cd "$REPO" && cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)-locked-$LOCKED"
 PY="$VENV/bin/python"
 KERNEL_JSON="$VENV/share/jupyter/kernels/python3/kernel.json"
 
@@ -79,7 +82,13 @@ pip_install() {
 }
 # Editable installs from pyproject.toml (PEP 660) need pip >= 21.3; upgrade only when older.
 pip_install "pip>=23" || die "could not upgrade pip inside .venv (see the pip error above)"
-pip_install -e ".[dev]" || die "pip install -e \".[dev]\" failed (see the pip error above)"
+if [ "$LOCKED" = yes ]; then
+    pip_install -r requirements.lock || die "pip install -r requirements.lock failed (see the pip error above; PODD_UNLOCKED=1 installs from pyproject.toml's ranges)"
+    pip_install --no-deps -e ".[dev]" || die "pip install -e \".[dev]\" failed (see the pip error above)"
+else
+    say "PODD_UNLOCKED=1: installing from pyproject.toml's ranges, not requirements.lock"
+    pip_install -e ".[dev]" || die "pip install -e \".[dev]\" failed (see the pip error above)"
+fi
 
 say "registering the Jupyter kernel 'python3' inside .venv"
 "$PY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (podd-kit)" >/dev/null \

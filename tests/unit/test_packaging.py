@@ -1,4 +1,4 @@
-"""Packaging checks: environment.yml agrees with pyproject.toml, and the `podd` command resolves.
+"""Packaging checks: environment.yml, requirements.lock and pyproject.toml agree, and the `podd` command resolves.
 
 environment.yml is read with a deliberately tiny parser (no PyYAML dependency): it understands
 just the subset the file uses -- top-level `key: value`, `key:` followed by `- item` lists, and
@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -164,43 +165,55 @@ def test_normalisation_ignores_spelling_but_not_versions():
 # --------------------------------------------------------------------------- the real files
 
 
+LOCK = REPO / "requirements.lock"
+
+
+def _locked() -> dict[str, str]:
+    """requirements.lock as {canonical name: exact version}."""
+    pins = {}
+    for line in LOCK.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            specs = list(req.specifier)
+            assert len(specs) == 1 and specs[0].operator == "==", f"requirements.lock: {line!r} is not an exact pin"
+            pins[canonicalize_name(req.name)] = specs[0].version
+    return pins
+
+
 def test_environment_yml_header():
     env = _env()
     assert env["name"] == "podd-kit"
     assert env["channels"] == ["conda-forge"]
-    conda = {_normalise(d)[0]: d for d in env["dependencies"]}
+    conda = {re.split(r"[=<>! ]", d, maxsplit=1)[0]: d for d in env["dependencies"]}
     assert "pip" in conda, "environment.yml must install pip (for its pip: section)"
-    assert "python" in conda, "environment.yml must pin python"
-    py_spec = SpecifierSet(str(Requirement(conda["python"]).specifier))
+    assert conda.get("python") == "python=3.11", "environment.yml must pin the lock's Python, 3.11"
     requires = SpecifierSet(_pyproject()["project"]["requires-python"])
-    assert py_spec == requires, (
-        f"environment.yml python {py_spec} != pyproject requires-python {requires}"
-    )
+    assert "3.11" in requires, f"pyproject requires-python {requires} excludes the lock's Python 3.11"
 
 
-def test_environment_yml_matches_pyproject_requirements():
+def test_environment_yml_installs_the_lock_and_the_kit():
+    assert _env()["pip"] == ["-r requirements.lock", "-e ."]
+
+
+def test_lock_pins_every_requirement_within_pyprojects_range():
     project = _pyproject()["project"]
-    expected_lines = list(project["dependencies"]) + list(
-        project.get("optional-dependencies", {}).get("dev", [])
-    )
-    pip_lines = [p for p in _env()["pip"] if not p.startswith("-")]  # skip "-e ." and options
-    expected = _requirement_set(expected_lines)
-    actual = _requirement_set(pip_lines)
-
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    differ = sorted(n for n in set(expected) & set(actual) if expected[n] != actual[n])
+    lines = list(project["dependencies"]) + list(project.get("optional-dependencies", {}).get("dev", []))
+    pins = _locked()
+    env = {"python_version": "3.11", "python_full_version": "3.11.7", "sys_platform": "linux",
+           "platform_system": "Linux", "platform_machine": "x86_64"}
     problems = []
-    if missing:
-        problems.append(f"in pyproject but not environment.yml: {missing}")
-    if extra:
-        problems.append(f"in environment.yml but not pyproject: {extra}")
-    for name in differ:
-        problems.append(f"{name}: pyproject {expected[name]} vs environment.yml {actual[name]}")
-    assert not problems, "requirement sets disagree:\n  " + "\n  ".join(problems)
-
-
-# --------------------------------------------------------------------------- the `podd` command
+    for line in lines:
+        req = Requirement(line)
+        if req.marker and not req.marker.evaluate(env):
+            continue
+        name = canonicalize_name(req.name)
+        if name not in pins:
+            problems.append(f"{name} is not in requirements.lock")
+        elif not req.specifier.contains(pins[name], prereleases=True):
+            problems.append(f"{name}=={pins[name]} is outside pyproject's {req.specifier}")
+    assert not problems, "run scripts/lock.sh:\n  " + "\n  ".join(problems)
+    assert "torch" in pins and "numpy" in pins
 
 
 def test_pyproject_console_script_target_is_importable():
