@@ -45,7 +45,7 @@ class Name:
 
 ALGORITHMS = ("ratbptt", "mtt", "dm", "dc")
 SAMPLINGS = ("random", "dream")
-INITS = ("normal", "class_areas", "real", "dream")  # "noise", the CLI's name for "normal", is mapped before
+INITS = ("normal", "class_areas", "real", "dream")  # the CLI's "noise" is mapped to "normal" by resolve_config
 
 Number = Union[int, float]  # floats must be finite
 Count = Annotated[int, Range(ge=1)]
