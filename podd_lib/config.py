@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import PoddError
-from .fast import AUTOCAST, BACKENDS, COMPILE_MODES
+from .validate import ALGORITHMS, INITS, SAMPLINGS, check_config  # noqa: F401 (the names are read from here)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,17 +157,13 @@ def resolve_config(
 ) -> dict:
     """Base config + profile + overrides, with derived values filled in; unknown keys fail."""
     cfg = base_config(dataset)
-    known = set(cfg) | {"poster_size", "patches", "fixed_curriculum", "device", "progress"}
     changes = {**profile_overrides(profile, cfg["dataset"]), **(overrides or {})}
-    unknown = sorted(k for k in changes if k not in known)
-    if unknown:
-        raise PoddError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     cfg.update(changes)
     if ipc is not None:
         cfg["ipc"] = float(ipc)
-    from .validate import check_config
-
-    check_config(cfg, overrides)
+    if cfg.get("init") == "noise":  # the CLI's name for the paper's N(0, 1) init
+        cfg["init"] = "normal"
+    check_config(cfg, changes)
     cfg["profile"] = profile
     cfg["profile_overrides"] = {k: v for k, v in changes.items() if k not in (overrides or {})}
     cfg["user_overrides"] = dict(overrides or {})
@@ -185,13 +181,6 @@ TEXT_OR_RELEASE = {
     "keep": ("last", "best_train"),         # the last poster (the text names no selection), or the best on the training set
     "fixed_labels_form": ("majority", "softmax"),  # fixed labels: the majority class, or a softmax of the pixel counts
 }
-# Options of those keys that are neither the text's nor the release's default.
-MORE_OPTIONS = {"fixed_labels_form": ("proportional",)}
-
-ALGORITHMS = ("ratbptt", "mtt", "dm", "dc")
-SAMPLINGS = ("random", "dream")
-INITS = ("normal", "class_areas", "real", "dream")
-
 
 # Settings that only one algorithm (or DREAM sampling) reads; the rest of a config ignores them.
 ALGORITHM_KEYS = {
@@ -219,55 +208,8 @@ def irrelevant_keys(cfg: dict) -> set[str]:
     return unused
 
 
-def check_algorithm(cfg: dict) -> None:
-    """Unknown algorithm, sampling or init names fail in one line, before any data is read."""
-    for key, allowed in (("algorithm", ALGORITHMS), ("sampling", SAMPLINGS), ("init", INITS)):
-        if cfg[key] not in allowed:
-            raise PoddError(f"unknown {key} {cfg[key]!r}; choose one of {', '.join(allowed)}")
-    for key, choices in TEXT_OR_RELEASE.items():
-        choices = choices + MORE_OPTIONS.get(key, ())
-        if cfg.get(key, choices[0]) not in choices:
-            raise PoddError(f"{key} must be {' or '.join(choices)}, got {cfg.get(key)!r}")
-    if cfg["algorithm"] == "mtt" and cfg["sampling"] != "random":
-        raise PoddError("MTT matches expert trajectories and draws no real batches; DREAM sampling does not apply")
-    if cfg.get("per_class_posters") and cfg["init"] != "normal":
-        raise PoddError("per-class posters start from N(0, 1) noise only (init=normal)")
-    for key, low in (("real_per_class", 1), ("dream_interval", 1), ("dream_pool", 0), ("dream_iters", 1),
-                     ("syn_steps", 1), ("expert_epochs", 1), ("max_start_epoch", 0), ("n_experts", 1),
-                     ("expert_bs", 1), ("real_chunk", 0)):
-        if not isinstance(cfg.get(key), int) or cfg[key] < low:
-            raise PoddError(f"{key} must be an integer >= {low}, got {cfg.get(key)!r}")
-    if cfg.get("conv_dtype", "float32") not in ("float32", "bfloat16"):
-        raise PoddError(f"conv_dtype must be float32 or bfloat16, got {cfg.get('conv_dtype')!r}")
-    if cfg.get("conv_dtype", "float32") != "float32" and not (
-            cfg.get("fused_blocks", True) and (cfg.get("arch"), cfg.get("norm"), cfg.get("pool")) == ("convnet", "instance", "avg")):
-        raise PoddError("conv_dtype=bfloat16 needs fused_blocks=true and a ConvNet with instance norm and avg pooling "
-                        "(it is a setting of the fused ConvNet block)")
-    if cfg.get("backend", "auto") not in BACKENDS:
-        raise PoddError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.get('backend')!r}")
-    if cfg.get("backend") == "reference" and cfg.get("conv_dtype", "float32") != "float32":
-        raise PoddError("conv_dtype=bfloat16 is a setting of the fast backend; use backend=fast or auto")
-    if cfg.get("autocast", "none") not in AUTOCAST:
-        raise PoddError(f"autocast must be one of {', '.join(AUTOCAST)}, got {cfg.get('autocast')!r}")
-    if cfg.get("autocast", "none") != "none" and (cfg.get("backend") == "fast" or cfg.get("conv_dtype", "float32") != "float32"
-                                                  or cfg["algorithm"] != "ratbptt"):
-        raise PoddError("autocast=bfloat16 runs RaT-BPTT on the reference layers; use backend=auto or reference, "
-                        "conv_dtype=float32 and algorithm=ratbptt")
-    if cfg.get("compile_steps", "none") not in COMPILE_MODES:
-        raise PoddError(f"compile_steps must be one of {', '.join(COMPILE_MODES)}, got {cfg.get('compile_steps')!r}")
-    for key in ("channels_last", "fused_blocks", "cpu_kernels", "per_class_posters", "deterministic"):
-        if not isinstance(cfg.get(key, False), bool):
-            raise PoddError(f"{key} must be true or false, got {cfg.get(key)!r}")
-    for key in ("syn_lr", "lr_lr", "lr_teacher"):
-        if not isinstance(cfg.get(key), (int, float)) or cfg[key] <= 0:
-            raise PoddError(f"{key} must be a positive number, got {cfg.get(key)!r}")
-
-
 def derive(cfg: dict) -> dict:
-    """Fill in class/patch grids, poster size, label kind and step count from the rest."""
-    if cfg.get("init") == "noise":  # the CLI's name for the paper's N(0, 1) init
-        cfg["init"] = "normal"
-    check_algorithm(cfg)
+    """Fill in class/patch grids, poster size, label kind and step count from the rest (a checked config)."""
     n = cfg["n_classes"]
     if n and cfg["class_grid"] == "auto":
         cfg["class_grid"] = auto_class_grid(n)

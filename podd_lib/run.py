@@ -189,7 +189,7 @@ def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str 
 def initial_poster(cfg: dict, pb: Problem, channels: int, real=None) -> torch.Tensor:
     """The poster before distillation: N(0, 1) (paper), class areas (release), real or DREAM images."""
     seed = int(cfg["seed"])
-    if cfg.get("per_class_posters"):  # init=normal only (config.check_algorithm)
+    if cfg.get("per_class_posters"):  # init=normal only (validate.RULES)
         g = torch.Generator().manual_seed(seed)
         return torch.randn(cfg["n_classes"], channels, pb.geom.d_h, pb.geom.d_w, generator=g)
     if cfg["init"] in ("real", "dream"):

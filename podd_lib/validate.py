@@ -1,48 +1,91 @@
-"""One validation layer for configs: CLI flags, --set values and config files all end up here.
+"""One validation layer for configs: CLI flags, --set values, config files and a run's config.json.
 
-A config is a flat dict (config.resolve_config). `check_config` validates every value a user can
-set against one pydantic schema (types, ranges, list lengths, choices) and turns the first
-problem into a one-line PoddError that names the key and the bad value. It runs before any data
-is read. Strict types: `width=3.5`, `zca=maybe` or `steps="ten"` are errors, never coerced.
+A config is a flat dict (config.resolve_config). `check_config` checks it against `ConfigSchema`,
+a frozen dataclass whose field types say what each key may hold (choices, ranges, list lengths),
+then against `RULES`, the constraints between keys, and turns the first problem into a one-line
+PoddError that names the key and the bad value. It runs before any data is read. Types are
+strict: `width=3.5`, `zca=maybe` or `steps="ten"` are errors, never coerced. The checker is a
+few lines of standard library (`conforms`), so the method core imports on a bare Python with torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
-
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+import types
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 from .errors import PoddError
-
-Count = Annotated[StrictInt, Field(ge=1)]
-NonNegative = Annotated[StrictInt, Field(ge=0)]
-Positive = Annotated[Union[StrictInt, StrictFloat], Field(gt=0, allow_inf_nan=False)]
-Number = Annotated[Union[StrictInt, StrictFloat], Field(allow_inf_nan=False)]
-Pair = Annotated[list[Count], Field(min_length=2, max_length=2)]
+from .fast import AUTOCAST, BACKENDS, COMPILE_MODES
 
 
-class ConfigSchema(BaseModel):
-    """Every config key with its type and range (configs/*.toml and the derived keys)."""
+@dataclass(frozen=True)
+class Range:
+    """Bounds on a number: at least `ge`, more than `gt` (None: no bound)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    ge: float | None = None
+    gt: float | None = None
 
-    dataset: StrictStr
+
+@dataclass(frozen=True)
+class Length:
+    """Bounds on a list's length: at least `least`, at most `most` (None: no bound)."""
+
+    least: int
+    most: int | None = None
+
+
+@dataclass(frozen=True)
+class Name:
+    """Marks a choice among named methods: a bad value reads "unknown <key> 'x'; choose one of ..."."""
+
+
+ALGORITHMS = ("ratbptt", "mtt", "dm", "dc")
+SAMPLINGS = ("random", "dream")
+INITS = ("normal", "class_areas", "real", "dream")  # the CLI's "noise" is mapped to "normal" by resolve_config
+
+Number = Union[int, float]  # floats must be finite
+Count = Annotated[int, Range(ge=1)]
+NonNegative = Annotated[int, Range(ge=0)]
+Positive = Annotated[Number, Range(gt=0)]
+Pair = Annotated[list[Count], Length(2, 2)]
+Counts = Annotated[list[Count], Length(1)]
+
+# What each type is, in words, for the error messages.
+WORDS: dict[Any, str] = {
+    Count: "an integer >= 1", NonNegative: "an integer >= 0", Positive: "a positive number", Number: "a number",
+    Pair: "a list of two integers >= 1", Counts: "a non-empty list of integers >= 1", bool: "true or false",
+    str: "a string", int: "an integer",
+}
+
+
+def _default(value: Any) -> Any:
+    """A dataclass default for a list or dict value (each instance gets its own copy)."""
+    return field(default_factory=lambda: type(value)(value))
+
+
+@dataclass(frozen=True)
+class ConfigSchema:
+    """Every config key with its type, range and default (configs/*.toml and the derived keys)."""
+
+    dataset: str
     n_classes: NonNegative = 0
-    image_size: Pair = [32, 32]
+    image_size: Pair = _default([32, 32])
     ipc: Number = 1.0
     class_grid: Union[Literal["auto"], Pair] = "auto"
     patch_grid: Union[Literal["auto"], Pair] = "auto"
-    patches: Optional[Union[StrictStr, Pair]] = None
+    patches: Optional[Union[str, Pair]] = None
     poster_size: Optional[Pair] = None
-    posters: dict[str, Pair] = {}
-    order: StrictStr = "identity"
+    posters: dict[str, Pair] = _default({})
+    order: str = "identity"
     labels: Literal["fixed", "learned", "auto"] = "auto"
     fixed_labels_from_ipc: Positive = 0.7
     label_sizing: Literal["paper", "release"] = "paper"
-    init: StrictStr = "normal"  # the names: config.check_algorithm
-    zca: StrictBool = True
+    init: Annotated[Literal[INITS], Name()] = "normal"
+    zca: bool = True
     zca_reg: Positive = 0.1
     arch: Literal["convnet", "resnet18", "vgg11", "alexnet"] = "convnet"
     width: Count = 128
@@ -56,19 +99,19 @@ class ConfigSchema(BaseModel):
     lr: Positive = 0.001
     bs_d: Count = 96
     bs: Count = 5000
-    syn_aug: StrictStr = "flip_rotate"
-    real_aug: StrictStr = "flip_rotate"
+    syn_aug: str = "flip_rotate"
+    real_aug: str = "flip_rotate"
     epochs: Positive = 1000
-    steps: NonNegative = 0
+    steps: NonNegative = 0  # 0: derived from epochs; a user's value must be >= 1 (check_config)
     eval_models: Count = 8
-    eval_steps: Annotated[list[Count], Field(min_length=1)] = [300]
+    eval_steps: Counts = _default([300])
     full_epochs: Positive = 30
     train_per_class: NonNegative = 0
     test_per_class: NonNegative = 0
     checkpoint_every: Count = 50
-    seed: StrictInt = 0
-    algorithm: StrictStr = "ratbptt"  # the names: config.check_algorithm
-    sampling: StrictStr = "random"  # the names: config.check_algorithm
+    seed: int = 0
+    algorithm: Annotated[Literal[ALGORITHMS], Name()] = "ratbptt"
+    sampling: Annotated[Literal[SAMPLINGS], Name()] = "random"
     dream_interval: Count = 10
     dream_pool: NonNegative = 0
     dream_iters: Count = 20
@@ -81,83 +124,139 @@ class ConfigSchema(BaseModel):
     n_experts: Count = 5
     lr_teacher: Positive = 0.01
     expert_bs: Count = 256
-    expert_aug: StrictStr = "dsa"
-    experts_root: StrictStr = ""
-    per_class_posters: StrictBool = False
+    expert_aug: str = "dsa"
+    experts_root: str = ""
+    per_class_posters: bool = False
     real_chunk: NonNegative = 128
-    channels_last: StrictBool = True
-    fused_blocks: StrictBool = True
+    channels_last: bool = True
+    fused_blocks: bool = True
     conv_dtype: Literal["float32", "bfloat16"] = "float32"
-    cpu_kernels: StrictBool = True
-    backend: Literal["auto", "fast", "reference"] = "auto"
-    autocast: Literal["none", "bfloat16"] = "none"
-    compile_steps: Literal["none", "default", "reduce-overhead"] = "none"
+    cpu_kernels: bool = True
+    backend: Literal[BACKENDS] = "auto"
+    autocast: Literal[AUTOCAST] = "none"
+    compile_steps: Literal[COMPILE_MODES] = "none"
     curriculum_draw: Literal["step", "epoch"] = "step"
     clip_order: Literal["text", "release"] = "text"
     real_batches: Literal["random", "epochs"] = "random"
     keep: Literal["last", "best_train"] = "last"
     keep_every: Count = 100
     fixed_labels_form: Literal["majority", "softmax", "proportional"] = "majority"
-    deterministic: StrictBool = True
+    deterministic: bool = True
     fixed_curriculum: Optional[NonNegative] = None
-    device: Optional[StrictStr] = None
-    progress: Optional[StrictBool] = None
-    data_root: Optional[StrictStr] = None
+    device: Optional[str] = None
+    progress: Optional[bool] = None
+    data_root: Optional[str] = None
 
 
-KNOWN_KEYS = frozenset(ConfigSchema.model_fields)
+FIELDS: dict[str, Any] = get_type_hints(ConfigSchema, include_extras=True)  # key -> type, in schema order
+KNOWN_KEYS = frozenset(FIELDS)
+REQUIRED = frozenset(f.name for f in dataclasses.fields(ConfigSchema)
+                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+# Keys written into config.json by the kit itself (derived or recorded), accepted when a run's
+# config is read back; a user cannot set them.
+DERIVED_KEYS = frozenset({"profile", "profile_overrides", "user_overrides", "label_kind", "order_grid", "geometry",
+                          "resumes"})
 # Keys a user sets that must be >= 1 even though a config file may hold 0 ("derive it").
 USER_COUNTS = ("steps",)
 
+# Rules between keys, checked in order once every key has the right type: (broken when, message).
+RULES: tuple[tuple[Callable[[ConfigSchema], bool], str], ...] = (
+    (lambda c: c.algorithm == "mtt" and c.sampling != "random",
+     "MTT matches expert trajectories and draws no real batches; DREAM sampling does not apply"),
+    (lambda c: c.per_class_posters and c.init != "normal",
+     "per-class posters start from N(0, 1) noise only (init=normal)"),
+    (lambda c: c.conv_dtype != "float32" and not (c.fused_blocks and (c.arch, c.norm, c.pool) == ("convnet", "instance", "avg")),
+     "conv_dtype=bfloat16 needs fused_blocks=true and a ConvNet with instance norm and avg pooling "
+     "(it is a setting of the fused ConvNet block)"),
+    (lambda c: c.backend == "reference" and c.conv_dtype != "float32",
+     "conv_dtype=bfloat16 is a setting of the fast backend; use backend=fast or auto"),
+    (lambda c: c.autocast != "none" and (c.backend == "fast" or c.conv_dtype != "float32" or c.algorithm != "ratbptt"),
+     "autocast=bfloat16 runs RaT-BPTT on the reference layers; use backend=auto or reference, "
+     "conv_dtype=float32 and algorithm=ratbptt"),
+)
 
-def check_config(cfg: dict, user: dict | None = None, where: str = "") -> None:
-    """Raise one-line PoddError unless every key of cfg is known and of the right type and range.
 
-    user: the keys the user set (--set, flags, a config file); `steps` there must be >= 1.
+# ----------------------------------------------------------------------------- the type checker
+
+def conforms(value: Any, tp: Any) -> bool:
+    """Whether value is of type tp, strictly: a bool is no integer, an integer no string, a float is finite."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return conforms(value, args[0]) and all(within(value, bound) for bound in args[1:])
+    if origin in (Union, types.UnionType):
+        return any(conforms(value, a) for a in args)
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(conforms(k, args[0]) and conforms(v, args[1]) for k, v in value.items())
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return type(value) is bool
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, float) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    raise TypeError(f"the config checker has no rule for type {tp!r}")
+
+
+def within(value: Any, bound: Any) -> bool:
+    """Whether value (already of the right type) keeps a Range or Length bound; markers always hold."""
+    if isinstance(bound, Range):
+        return (bound.ge is None or value >= bound.ge) and (bound.gt is None or value > bound.gt)
+    if isinstance(bound, Length):
+        return len(value) >= bound.least and (bound.most is None or len(value) <= bound.most)
+    return True
+
+
+def describe(tp: Any) -> str:
+    """What a value of type tp must be, in words ('an integer >= 1', 'true or false', ...)."""
+    if tp in WORDS:
+        return WORDS[tp]
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return describe(args[0])
+    if origin is Literal:
+        return f'"{args[0]}"' if len(args) == 1 else "one of " + ", ".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe(a) for a in args if a is not type(None))
+    if origin is dict:
+        return f"a table whose values are each {describe(args[1])}"
+    return f"of type {tp}"
+
+
+def problem(key: str, value: Any, tp: Any) -> str:
+    """The one-line message for a bad value of key."""
+    if get_origin(tp) is Annotated and any(isinstance(m, Name) for m in get_args(tp)[1:]):
+        return f"unknown {key} {value!r}; choose one of {', '.join(get_args(get_args(tp)[0]))}"
+    return f"{key} must be {describe(tp)}, got {value!r}"
+
+
+def check_config(cfg: dict, user: dict | None = None, where: str = "") -> ConfigSchema:
+    """The config as a ConfigSchema, or a one-line PoddError at its first unknown key, bad value or broken rule.
+
+    user: the keys the user set (--set, flags, a config file): they must be schema keys, and `steps`
+    there must be >= 1. where: a prefix for the message (e.g. the file's name).
     """
-    unknown = sorted(k for k in cfg if k not in KNOWN_KEYS and k not in DERIVED_KEYS)
+    user = user or {}
+    unknown = sorted({k for k in cfg if k not in KNOWN_KEYS | DERIVED_KEYS} | {k for k in user if k not in KNOWN_KEYS})
     if unknown:
         raise PoddError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_KEYS))}")
     for key in USER_COUNTS:
-        if key in (user or {}) and isinstance(user[key], int) and not isinstance(user[key], bool) and user[key] < 1:
-            raise PoddError(f"{where}{key} must be an integer >= 1, got {user[key]!r}")
-    try:
-        ConfigSchema.model_validate({k: v for k, v in cfg.items() if k in KNOWN_KEYS})
-    except ValidationError as e:
-        errors = e.errors(include_url=False)
-        key = errors[0]["loc"][0] if errors[0]["loc"] else "?"
-        # Union types report one error per branch; the deepest location (a list item) reads best.
-        best = max((er for er in errors if er["loc"] and er["loc"][0] == key), key=lambda er: len(er["loc"]))
-        raise PoddError(_one_line(str(key), cfg.get(key), best, where)) from None
-
-
-# Keys written into config.json by the kit itself (derived or recorded), accepted when a run's
-# config is read back.
-DERIVED_KEYS = frozenset({"profile", "profile_overrides", "user_overrides", "label_kind", "order_grid", "geometry",
-                          "resumes"})
-
-
-def expects(key: str) -> str:
-    """What a key must be, in words ('an integer >= 1', 'true or false', ...)."""
-    named = {"Count": "an integer >= 1", "NonNegative": "an integer >= 0", "Positive": "a positive number",
-             "Number": "a number", "Pair": "a list of two integers >= 1", "StrictBool": "true or false",
-             "StrictStr": "a string", "StrictInt": "an integer"}
-    written = str(ConfigSchema.__annotations__[key])  # the annotation as written in the class
-    if written in named:
-        return named[written]
-    if key == "eval_steps":
-        return "a non-empty list of integers >= 1"
-    if key in ("class_grid", "patch_grid"):
-        return '"auto" or a list of two integers >= 1'
-    ann = ConfigSchema.model_fields[key].annotation
-    if get_origin(ann) is Literal:
-        return "one of " + ", ".join(str(a) for a in get_args(ann))
-    return "of type " + written
-
-
-def _one_line(key: str, value: Any, err: dict, where: str) -> str:
-    """'width must be an integer >= 1, got 'abc'' style message (prefix: where)."""
-    return f"{where}{key} must be {expects(key)}, got {value!r}"
+        if key in user and not conforms(user[key], Count):
+            raise PoddError(f"{where}{key} must be {describe(Count)}, got {user[key]!r}")
+    for key, tp in FIELDS.items():
+        if (key in cfg and not conforms(cfg[key], tp)) or (key in REQUIRED and key not in cfg):
+            raise PoddError(where + problem(key, cfg.get(key), tp))
+    checked = ConfigSchema(**{k: v for k, v in cfg.items() if k in KNOWN_KEYS})
+    for broken, message in RULES:
+        if broken(checked):
+            raise PoddError(where + message)
+    return checked
 
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

@@ -6,6 +6,7 @@
 # The JPEG files are copied byte for byte from the shared zip (no re-encoding), stored uncompressed.
 # Also copies a tomli wheel into gpu_data/wheels when one can be fetched (pure Python; only needed
 # when the device's python is older than 3.11, which lacks tomllib).
+# Ends with the carried size (working tree + gpu_data, scripts/carried_size.py) and fails over 60 MiB.
 # Usage: scripts/make_gpu_subset.sh [N_PER_CLASS] [SOURCE_ZIP]     (prints the file and its size)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,4 +44,4 @@ rm -rf gpu_data/wheels
 python3 -m pip download --quiet --no-deps --only-binary=:all: --platform any --implementation py --python-version 3.10 \
     "tomli>=2.0" -d gpu_data/wheels >/dev/null 2>&1 \
     && echo "gpu_data/wheels: $(ls gpu_data/wheels)" || echo "make_gpu_subset: no tomli wheel fetched (fine on Python >= 3.11)"
-du -sh gpu_data
+python3 scripts/carried_size.py gpu_data

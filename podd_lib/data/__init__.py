@@ -121,8 +121,14 @@ def _load_raw(name: str, root: Path, download: bool, tpc: int | None, vpc: int |
 
 
 def _fit_zca_cached(raw: RawData, root: Path, raw_key: dict[str, Any], strength: float, cache: bool) -> ZCA:
-    """fit_zca on raw.x_train, reusing the cached eigendecomposition when present."""
-    key = {"raw": raw_key, "kind": "zca", "strength": strength, "shape": list(raw.x_train.shape[1:])}
+    """fit_zca on raw.x_train, reusing the cached eigendecomposition when present.
+
+    The last bits of the decomposition depend on torch's thread count (the second moment's products
+    and the eigensolver split their sums by thread), so a cached one is reused only at the count it
+    was computed at: a run's bits then depend on its thread count alone, not on which run came first.
+    """
+    key = {"raw": raw_key, "kind": "zca", "strength": strength, "shape": list(raw.x_train.shape[1:]),
+           "threads": torch.get_num_threads()}
     path = _cache_path(root, raw.name, "zca", key)
     hit = _read_cache(path) if cache else None
     if hit is not None:

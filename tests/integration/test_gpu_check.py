@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.gpu_summary import summary
 from podd_lib.config import resolve_config
 from podd_lib.errors import PoddError
 from podd_lib.fast import resolve_backend
@@ -19,16 +20,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_gpu_check_tiny_runs_on_the_cpu_and_every_check_is_within_its_bound(tmp_path, cifar10_root):
+def test_gpu_check_tiny_runs_on_the_device_image_and_every_check_is_within_its_bound(tmp_path, cifar10_root):
+    """Run as the device would: only the packages of its stock image importable (benchmarks/device_guard.py)."""
     data = cifar10_root / "cifar10"  # the suite's CIFAR-10 (shared copy, PODD_CIFAR10_ROOT or a download)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu", "--out",
-         str(tmp_path), "--data-root", str(data)],
+        [sys.executable, str(ROOT / "benchmarks" / "device_guard.py"), str(ROOT / "benchmarks" / "gpu_check.py"),
+         "--tiny", "--device", "cpu", "--out", str(tmp_path), "--data-root", str(data)],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
         env={"CI": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1"},
     )
+    assert "ModuleNotFoundError" not in out.stderr and "ImportError" not in out.stderr, out.stderr[-3000:]
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    res = json.loads((tmp_path / "gpu_check.json").read_text())
+    record = (tmp_path / "gpu_check.json").read_text()
+    assert "ModuleNotFoundError" not in record and "ImportError" not in record, record
+    assert summary(json.loads(record)).startswith(
+        "gpu_check: environment ok, correctness ok, speed ok, fidelity ok | 16x6 ")
+    res = json.loads(record)
     assert res["tool"] == "podd_lib gpu_check" and res["meta"]["tiny"]
     assert set(res) >= {"environment", "correctness", "speed", "fidelity"}
     assert res["environment"]["torch"] == torch.__version__
