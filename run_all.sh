@@ -79,6 +79,7 @@ PY="$(scripts/ensure_env.sh)"
 export PATH="$(dirname "$PY"):$PATH"
 export JUPYTER_PREFER_ENV_PATH=1
 
+"$PY" -m podd_lib.kit probes | sed 's/^/run_all: /'
 ROOT="$(scripts/shared_cifar10.sh)"
 ARGS=(--profile "$PROFILE" --data-root "$ROOT")
 [ -n "$ONLY" ] && ARGS+=(--only "$ONLY")

@@ -1,5 +1,8 @@
 """`python -m podd_lib.kit readme OUT_DIR README.md`: recompute README's claims table of OUT_DIR from OUT_DIR/results.
 
+`python -m podd_lib.kit probes`: one line, computed from benchmarks/probes.jsonl, on whether the
+central claim shows at CPU scale, with the GPU command that tests it (run_all.sh prints it first).
+
 README holds one block per output folder (outputs for quick, outputs/cpu-long for cpu-long), each
 opened by a marker that names its command.
 """
@@ -10,14 +13,17 @@ import sys
 from pathlib import Path
 
 from ..io import atomic_write_text
-from .claims import update_readme
+from .claims import cpu_scale_statement, read_probe_rows, update_readme
 from .report import load_results
 
 
 def main(argv: list[str]) -> int:
-    """Rewrite the block between README's claims markers; one line and exit 2 on bad usage."""
+    """Rewrite the block between README's claims markers (or print the probes' verdict); exit 2 on bad usage."""
+    if argv == ["probes"]:
+        print(cpu_scale_statement(read_probe_rows()))
+        return 0
     if len(argv) != 3 or argv[0] != "readme":
-        print("usage: python -m podd_lib.kit readme OUT_DIR README.md", file=sys.stderr)
+        print("usage: python -m podd_lib.kit readme OUT_DIR README.md | python -m podd_lib.kit probes", file=sys.stderr)
         return 2
     readme = Path(argv[2])
     try:

@@ -13,8 +13,10 @@ seeds. A claim whose runs are missing is "not run"; one with fewer seeds is "too
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 SHOWN, NOT_SHOWN, NOT_RUN, TOO_FEW = "shown", "not shown", "not run", "too few seeds"
@@ -264,7 +266,44 @@ def section(out_dir, results: Sequence[Mapping]) -> list[str]:
             f"{shown} of {len(rows)} shown. A claim \"A beats B\" is shown when, paired by distillation seed, the "
             f"mean gap A - B exceeds twice its standard error over at least {MIN_SEEDS} seeds; the \"ours\" column "
             "gives mean \u00b1 std over the evaluation networks, which no longer decides.", "",
-            claims_markdown(rows, ", ".join(profiles))]
+            claims_markdown(rows, ", ".join(profiles)), cpu_scale_statement(read_probe_rows()), ""]
+
+
+# The probes of benchmarks/probes.py: where on a CPU the central claim (a poster beats its tiling) was looked for.
+PROBES_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "probes.jsonl"
+GPU_COMMAND = "./run_all.sh --profile paper --only 03,04,99"
+
+
+def probe_gaps(rows: Iterable[Mapping]) -> dict[str, Paired]:
+    """Each probe's poster-over-tiling gaps, paired by seed (rows of benchmarks/probes.jsonl)."""
+    acc: dict[str, dict[str, dict[str, float]]] = {}
+    for r in rows:
+        if "probe" in r:
+            acc.setdefault(r["probe"], {"poster": {}, "tiling": {}})[r["representation"]][str(r["seed"])] = r["acc_mean"]
+    return {name: paired({"seed_means": a["poster"]}, {"seed_means": a["tiling"]}) for name, a in acc.items()}
+
+
+def read_probe_rows(path: str | Path = PROBES_FILE) -> list[dict]:
+    """The recorded probe rows (none when the file is absent, as in an installed kit)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def cpu_scale_statement(rows: Iterable[Mapping]) -> str:
+    """One computed paragraph: whether any CPU probe shows the poster beating its tiling, and the GPU command."""
+    gaps = probe_gaps(rows)
+    decided = {n: p for n, p in gaps.items() if p.verdict in (SHOWN, NOT_SHOWN)}
+    shown = [n for n, p in decided.items() if p.verdict == SHOWN]
+    if not gaps:
+        return f"No CPU probe is recorded here. The paper's settings run on a GPU with `{GPU_COMMAND}`."
+    head = (f"Central claim at CPU scale (benchmarks/probes.md, {len(gaps)} probes, {len(decided)} of them with "
+            f"at least {MIN_SEEDS} paired seeds): ")
+    if shown:
+        return head + f"the poster beats its tiling by the rule in {', '.join(shown)}. GPU: `{GPU_COMMAND}`."
+    return head + ("the poster beats its tiling in none of them, so the central claims do not show at CPU scale "
+                   f"here. The paper's settings test them on a GPU: `{GPU_COMMAND}`.")
 
 
 README_END = "<!-- claims: end -->"

@@ -263,6 +263,13 @@ def test_second_load_hits_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         D.load_dataset(name, data_root=tmp_path, zca=True, train_per_class=3)
     with pytest.raises(AssertionError, match="recomputed"):  # the ZCA strength is part of the key
         D.load_dataset(name, data_root=tmp_path, zca=True, zca_reg=0.2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        with pytest.raises(AssertionError, match="recomputed"):  # so is the thread count (the ZCA's last bits)
+            D.load_dataset(name, data_root=tmp_path, zca=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_cache_false_writes_nothing(tmp_path: Path) -> None:
