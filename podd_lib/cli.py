@@ -247,7 +247,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         from .config import parse_sets, read_config_file
 
         _refuse_run_flags(args)
-        run = load_run(args.run)
+        run = load_run(args.run, args.data_root)
         cfg = dict(run["config"])
         over = read_config_file(args.config) if args.config else {}
         over.update(parse_sets(args.set))
@@ -355,7 +355,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     dest = Path(args.dest) if args.dest else default_export_dest(run_dir, args.format)
     if run_dir.is_dir():
         check_export_dest(run_dir, dest, args.format)
-    path = export_run(load_run(run_dir), args.format, dest, run_dir)
+    path = export_run(load_run(run_dir, args.data_root), args.format, dest, run_dir)
     print(f"wrote {path}")
 
 
@@ -480,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=("pt", "imagefolder"), default="pt", help="one .pt file or PNGs per class")
     sp.add_argument("--dest", help="a new or empty folder, or a previous export of this run (default: RUN/export "
                                    "for pt, RUN/export-imagefolder for imagefolder; pt also takes FILE.pt)")
+    sp.add_argument("--data-root", default=None,
+                    help="data folder, for a run that keeps its ZCA whitening by reference (default: the run's own, "
+                         "else $PODD_DATA_ROOT, else ./data)")
     sp.set_defaults(fn=cmd_export)
     return p
 

@@ -39,7 +39,7 @@ from .safety import (check_name, check_run_out, check_text, folder_lock, load_to
                      resume_changes, start_run)
 from .validate import check_patches_fit
 from .determinism import deterministic_mode
-from . import selection
+from . import selection, whitening
 
 METRIC_FIELDS = ("step", "loss", "grad_norm", "curriculum", "seconds")
 
@@ -379,7 +379,8 @@ def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> No
         poster, Y, kept = k["poster"], k["Y"], {"step": k["step"], "score": k["score"], "by_step": k["by_step"]}
     with torch.no_grad():
         patch_labels = pb.labels(None if Y is None else Y.to(st.poster.device)).cpu()  # fixed labels ignore Y
-    prep = real.preprocess.state_dict() if hasattr(real, "preprocess") else None
+    pre = getattr(real, "preprocess", None)
+    prep = None if pre is None else (whitening.reference(pre) if pre.kind == "zca" else pre.state_dict())
     atomic_torch_save(
         {"poster": poster, "geometry": pb.geom.to_dict(), "order": pb.order, "classes": list(real.classes),
          "preprocess": prep, "dataset": cfg["dataset"], "kept": kept},
@@ -395,8 +396,11 @@ def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> No
     save_poster_png(out / "poster.png", poster, pb.geom, pb.order, list(real.classes), getattr(real, "preprocess", None))
 
 
-def load_run(run: str | os.PathLike) -> dict:
-    """A finished run's poster, patches and labels: {'x', 'y', 'poster', 'config', ...}."""
+def load_run(run: str | os.PathLike, data_root: str | os.PathLike | None = None) -> dict:
+    """A finished run's poster, patches and labels: {'x', 'y', 'poster', 'config', ...}.
+
+    A whitening the run keeps by reference is recomputed from its dataset (data_root, else the run's own).
+    """
     run = Path(run)
     if not run.is_dir():
         raise PoddError(f"run folder {run} does not exist" if not run.exists() else f"{run} is a file, not a run folder")
@@ -416,5 +420,6 @@ def load_run(run: str | os.PathLike) -> dict:
 
     x = extract_patches(P["poster"], geom)
     return {"x": x, "y": L["patch_labels"], "poster": P["poster"], "geometry": geom, "config": cfg,
-            "order": P["order"], "classes": P["classes"], "preprocess": P["preprocess"], "Y": L["Y"],
+            "order": P["order"], "classes": P["classes"], "Y": L["Y"],
+            "preprocess": whitening.resolve(P["preprocess"], cfg, run / "poster.pt", data_root),
             "kept": P.get("kept")}

@@ -76,6 +76,24 @@ def _lock_owner(lock_path: Path) -> str:
         return "another podd process"
 
 
+def check_unlocked(folder: Path, flag: str = "--out") -> None:
+    """Fail in one line, naming the writer, when another process holds the folder's lock (nothing is changed)."""
+    from filelock import FileLock, Timeout
+
+    lock_path = Path(folder) / LOCK
+    if str(Path(folder).resolve()) in _HELD or not lock_path.is_file():
+        return
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PoddError(f"{flag} {folder} is being written by {_lock_owner(lock_path)}; wait for it to finish "
+                        f"or choose another {flag}") from None
+    except OSError:  # a lock file we cannot open: the writable checks name the problem
+        return
+    lock.release()
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
     """Hold FOLDER/.podd-kit.lock while writing the folder; a second writer fails in one line naming the first."""
@@ -157,6 +175,7 @@ def check_run_out(out: Path, resume: bool) -> None:
                         f"create its target or give another --out")
     if out.exists() and not out.is_dir():
         raise PoddError(f"--out {out} is a file; give a folder for the run")
+    check_unlocked(out)
     _check_writable(out, "--out")
     names = _listing(out) if out.is_dir() else []
     has_ck = (out / "checkpoint.pt").is_file()
