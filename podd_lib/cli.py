@@ -299,7 +299,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                        with_hard_labels=bool(args.run))  # real images: already one-hot
     result["what"] = what
     result["config"] = {k: cfg.get(k) for k in ("dataset", "ipc", "profile", "zca", "width", "arch")}
-    ev.save_eval(result, out)
+    try:
+        ev.save_eval(result, out)
+    except OSError:
+        print(json.dumps(result))  # the finished evaluation is kept on stdout; main() names the failure in one line
+        raise
     print(summary_line(result))
     print(f"wrote {out}")
 
