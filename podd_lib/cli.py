@@ -390,7 +390,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `podd`."""
+    from . import __version__
+
     p = Parser(prog="podd", description="PoDD: distill a dataset into one poster.", formatter_class=Help)
+    p.add_argument("--version", action="version", version=f"podd-kit {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
     def add_parser(name: str, **kw) -> argparse.ArgumentParser:
@@ -503,9 +506,27 @@ def _resume_hint(args: argparse.Namespace) -> str:
     return "every file is written atomically, nothing is half-written: run the same command again"
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler or `kill`): end like Ctrl-C, with the hint how to continue."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Turn SIGTERM into Terminated in the main thread."""
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `podd` and `python -m podd_lib`."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # `podd` alone: the commands, not just an error
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     from .fast import enable_runtime
 
     enable_runtime()  # before the first tensor: PyTorch's allocator reads it once
@@ -522,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"podd: interrupted; {_resume_hint(args)}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"podd: terminated; {_resume_hint(args)}", file=sys.stderr)
+        return 143
     except OSError as e:
         if e.errno not in MACHINE_ERRORS:
             raise

@@ -259,6 +259,26 @@ def _is_pt_export_of(path: Path, run: Path) -> bool:
     return isinstance(obj, dict) and obj.get("podd_export") == str(run)
 
 
+def _pid_alive(pid: int) -> bool:
+    """True while process pid exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is not ours
+        return True
+    return True
+
+
+def _remove_stale(dest: Path) -> None:
+    """Remove the temporary folders replace_folder left beside dest when its process was killed."""
+    pattern = re.compile(re.escape(f".{dest.name}.") + r"(tmp|old)-(\d+)")
+    for path in dest.parent.iterdir():
+        m = pattern.fullmatch(path.name)
+        if m and path.is_dir() and not path.is_symlink() and not _pid_alive(int(m.group(2))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def replace_folder(dest: Path, fill: Callable[[Path], None]) -> Path:
     """Build a folder with fill(tmp) beside dest, then swap it in; on any failure dest is as it was.
 
@@ -267,6 +287,7 @@ def replace_folder(dest: Path, fill: Callable[[Path], None]) -> Path:
     """
     dest = Path(dest).resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     old = dest.parent / f".{dest.name}.old-{os.getpid()}"
     try:

@@ -429,3 +429,39 @@ def test_the_run_cache_recomputes_a_damaged_result_and_never_runs_a_run_file(tre
     with pytest.raises(PoddError, match="checkpoint.pt holds objects other than tensors"):
         experiments.distill_and_evaluate(**args)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_podd_alone_lists_its_commands_and_has_a_version(tree: Path) -> None:
+    code, _, err, _ = podd([], tree)
+    assert code == 2 and all(c in err for c in ("distill", "evaluate", "export", "plan"))
+    code, out, _, _ = podd(["--version"], tree)
+    assert code == 0 and out.startswith("podd-kit ")
+
+
+def test_sigterm_says_how_to_resume(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "terminated"
+    env = {**os.environ, "CI": "1", "PODD_DATA_ROOT": str(tree / "emptyroot")}
+    cmd = [sys.executable, "-m", "podd_lib", "distill", *base(tree), *RUN_FLAGS, "--steps", "100000", "--out", str(out)]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoint.pt").exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        assert (out / "checkpoint.pt").exists(), p.stderr.read() if p.poll() is not None else "no checkpoint"
+        p.terminate()
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143
+    one_line_failure(p.returncode, err, "--resume")
+
+
+def test_an_interrupted_exports_leftovers_are_removed(tree: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tree / "run", run)
+    left = run / ".export-imagefolder.tmp-4194999"  # above the kernel's pid range: its process is gone
+    (left / "class0").mkdir(parents=True)
+    code, _, err, _ = podd(["export", str(run), "--format", "imagefolder"], tmp_path)
+    assert code == 0, err
+    assert not left.exists() and (run / "export-imagefolder" / "soft_labels.json").is_file()
