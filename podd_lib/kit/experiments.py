@@ -238,7 +238,7 @@ def _distill_and_evaluate(cfg: dict, dataset: str, ipc: float, profile: str, ove
     st = distill(cfg, real, order, run_dir, resume=resume, device=dev, progress=progress_enabled(),
                  on_step=None if report is None else (lambda k, n: report("distill", k, n)))
     seconds = time.perf_counter() - t0
-    run = load_run(run_dir)
+    run = load_run(run_dir, data_root)
     ev = evaluate_distilled(run["x"], run["y"], real, **_eval_kwargs(cfg, dev), with_hard_labels=hard_labels,
                             resume_dir=run_dir / "eval-progress",
                             on_step=None if report is None else (lambda kind, k, n: report(f"eval {kind}", k, n)))
