@@ -76,6 +76,13 @@ def _lock_owner(lock_path: Path) -> str:
         return "another podd process"
 
 
+def _command_line() -> str:
+    """This process's command as a user would recognise it ('podd distill ...', else the program and its arguments)."""
+    argv = sys.argv or ["python"]
+    prog = "podd" if "podd" in argv[0] else Path(argv[0]).name
+    return " ".join([prog, *argv[1:]])[:200]
+
+
 def check_unlocked(folder: Path, flag: str = "--out") -> None:
     """Fail in one line, naming the writer, when another process holds the folder's lock (nothing is changed)."""
     from filelock import FileLock, Timeout
@@ -114,7 +121,7 @@ def folder_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
         raise PoddError(f"{flag} {folder} is being written by {_lock_owner(lock_path)}; wait for it to finish "
                         f"or choose another {flag}") from None
     try:
-        command = " ".join(["podd", *sys.argv[1:]]) if sys.argv else "podd"
+        command = _command_line()
         with open(lock_path, "w", encoding="utf-8") as f:  # the lock is on the open file, not its contents
             json.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": command[:200]}, f)
         _HELD[key] = lock
