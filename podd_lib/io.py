@@ -33,9 +33,11 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would give 0666 minus umask
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno and not e.filename:  # a failed write names no file: name the target
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
     return path
 

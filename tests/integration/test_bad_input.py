@@ -403,7 +403,7 @@ def test_a_full_disk_is_one_line(tree: Path, tmp_path: Path) -> None:
                  ["distill", *base(tree), *RUN_FLAGS, "--out", "limited"]):
         p = subprocess.run([sys.executable, "-m", "podd_lib", *argv], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=300, preexec_fn=small_files)
-        one_line_failure(p.returncode, p.stderr, "File too large")
+        one_line_failure(p.returncode, p.stderr, "File too large (")
     assert not (tmp_path / "big.pt").exists() and not list(tmp_path.glob(".big.pt*"))
 
 
