@@ -15,6 +15,7 @@ profile is `quick`, as in run_all.sh.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -72,6 +73,20 @@ def positive(text: str) -> float:
     return v
 
 
+SEED_MAX = 2**31 - 1  # every generator the kit seeds (torch, numpy, derived per-model seeds) takes it
+
+
+def seed_value(text: str) -> int:
+    """An argparse type: an integer seed from 0 to SEED_MAX."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"seed must be from 0 to {SEED_MAX}, got {text[:30]}")
+    return v
+
+
 def device_name(text: str) -> str:
     """An argparse type: auto, cpu, mps, cuda or cuda:N."""
     from .validate import DEVICE
@@ -115,7 +130,16 @@ def _config(args: argparse.Namespace) -> dict:
         over["eval_steps"] = list(args.eval_steps)
     if getattr(args, "no_zca", False):
         over["zca"] = False
-    return resolve_config(args.dataset, getattr(args, "ipc", None), args.profile, over)
+    cfg = resolve_config(args.dataset, getattr(args, "ipc", None), args.profile or DEFAULT_PROFILE, over)
+    _check_seed(cfg)
+    return cfg
+
+
+def _check_seed(cfg: dict) -> None:
+    """The config's seed (from --set or a TOML file too) within 0..SEED_MAX."""
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, int) and not 0 <= seed <= SEED_MAX:
+        raise PoddError(f"seed must be from 0 to {SEED_MAX}, got {str(seed)[:30]}")
 
 
 def _data_root(args: argparse.Namespace, cfg: dict | None = None) -> str:
@@ -165,7 +189,7 @@ def _check_before_data(cfg: dict) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     """Distill a poster into --out (resumable)."""
-    from .safety import check_run_out, read_run_config, resume_changes
+    from .safety import check_run_out, folder_lock, read_run_config, resume_changes
 
     cfg = _config(args)
     device = _device(args.device)
@@ -175,6 +199,12 @@ def cmd_distill(args: argparse.Namespace) -> None:
     if args.resume:
         resume_changes(read_run_config(out / "config.json"), cfg, before_data=True)
     _check_before_data(cfg)
+    with folder_lock(out):
+        _distill_locked(args, cfg, device, out)
+
+
+def _distill_locked(args: argparse.Namespace, cfg: dict, device: str, out: Path) -> None:
+    """cmd_distill while this process holds the run folder's lock."""
     from .run import adapt_config_to_data, distill, geometry_from_config, order_for
 
     real = _load_real(cfg, args)
@@ -216,7 +246,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.run:
         from .config import parse_sets, read_config_file
 
-        run = load_run(args.run)
+        _refuse_run_flags(args)
+        run = load_run(args.run, args.data_root)
         cfg = dict(run["config"])
         over = read_config_file(args.config) if args.config else {}
         over.update(parse_sets(args.set))
@@ -227,18 +258,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         cfg.update(over)
         cfg["backend"] = over.get("backend", "auto")  # the run's record holds the backend resolved for its device
         check_config(cfg, over)
+        _check_seed(cfg)
         out = Path(args.out) if args.out else Path(args.run) / "eval.json"
         _check_out_file(out)
+        ev.check_models_fit_config(cfg, cfg["eval_models"], device, int(run["x"].shape[1]))
         real = _load_real(cfg, args)
         x, y, what = run["x"], run["y"], f"poster {args.run}"
     else:
         if not args.dataset:
             raise PoddError("podd evaluate needs a RUN folder or --baseline with --dataset")
+        args.baseline = args.baseline or "random"
         cfg = _config(args)
         name = cfg["dataset"].replace(":", "_").replace("/", "_")
         out = (Path(args.out) if args.out
                else Path("outputs") / "baselines" / cfg["profile"] / f"baseline_{args.baseline}_{name}.json")
         _check_out_file(out)
+        if args.baseline == "random":
+            ev.check_models_fit_config(cfg, cfg["eval_models"], device)
         if cfg["dataset"].startswith("imagefolder:"):
             from .data import imagefolder_classes
 
@@ -254,7 +290,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if x is None:
         result = ev.full_dataset_baseline(
             real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes),
-            arch=protocol["arch"], arch_kwargs=protocol["arch_kwargs"], epochs=args.epochs, augmentation=cfg["real_aug"],
+            arch=protocol["arch"], arch_kwargs=protocol["arch_kwargs"],
+            epochs=args.epochs if args.epochs is not None else cfg["full_epochs"], augmentation=cfg["real_aug"],
             seed=cfg["seed"], device=device, progress=_progress(),
         )
     else:
@@ -262,17 +299,39 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                        with_hard_labels=bool(args.run))  # real images: already one-hot
     result["what"] = what
     result["config"] = {k: cfg.get(k) for k in ("dataset", "ipc", "profile", "zca", "width", "arch")}
-    ev.save_eval(result, out)
+    try:
+        ev.save_eval(result, out)
+    except OSError:
+        print(json.dumps(result))  # the finished evaluation is kept on stdout; main() names the failure in one line
+        raise
     print(summary_line(result))
     print(f"wrote {out}")
 
 
+EVAL_KEYS = ("what", "config", "protocol")  # every evaluation result the kit writes has these
+
+
+RUN_FIXED = (("dataset", "--dataset"), ("ipc", "--ipc"), ("profile", "--profile"), ("labels", "--labels"),
+             ("patches", "--patches"), ("no_zca", "--no-zca"), ("seed", "--seed"), ("baseline", "--baseline"),
+             ("epochs", "--epochs"))  # a run's own settings, or baselines' flags
+
+
+def _refuse_run_flags(args: argparse.Namespace) -> None:
+    """Evaluating a run: refuse flags that a run fixes or that only baselines read (instead of ignoring them)."""
+    given = [flag for name, flag in RUN_FIXED if getattr(args, name, None) not in (None, False)]
+    if given:
+        raise PoddError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply when evaluating a run "
+                        f"(the run's own settings are used; --set and --config change evaluation settings); "
+                        f"drop {'it' if len(given) == 1 else 'them'}")
+
+
 def _check_out_file(out: Path) -> None:
-    """An output file path: not a folder, and its folder writable (checked before any data is read)."""
-    from .safety import _check_writable
+    """An output file path: not a folder, new or the kit's own result, its folder writable (before any data is read)."""
+    from .safety import _check_writable, check_own_json
 
     if out.is_dir():
         raise PoddError(f"--out {out} is a folder; give a file name for the JSON result")
+    check_own_json(out, "--out", EVAL_KEYS)
     _check_writable(out, "--out")
 
 
@@ -286,7 +345,7 @@ def summary_line(result: dict) -> str:
                 parts.append(f"{kind} labels, step {row['step']}: {row['mean_pct']:.2f} +- {row['std_pct']:.2f} %")
     if "final" in result and not parts:
         f = result["final"]
-        parts.append(f"full training set: {f['mean_pct']:.2f} +- {f['std_pct']:.2f} % after {f['step']} steps")
+        parts.append(f"{f['mean_pct']:.2f} +- {f['std_pct']:.2f} % after {f['step']} steps")
     return f"{result.get('what', '')}: " + " | ".join(parts) + f" ({result.get('protocol', {}).get('num_models', '?')} models)"
 
 
@@ -300,11 +359,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     dest = Path(args.dest) if args.dest else default_export_dest(run_dir, args.format)
     if run_dir.is_dir():
         check_export_dest(run_dir, dest, args.format)
-    path = export_run(load_run(run_dir), args.format, dest, run_dir)
+    path = export_run(load_run(run_dir, args.data_root), args.format, dest, run_dir)
     print(f"wrote {path}")
 
 
 PROFILE_CHOICES = ("smoke", "quick", "cpu-long", "paper", "paper-text")  # config.PROFILES, without importing torch for --help
+
+
+PLAN_KEYS = ("profile", "notebooks", "runs", "basis")  # every plan the kit writes has these
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -312,6 +374,13 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from .io import atomic_write_json
     from .kit import plan
 
+    if args.json:
+        from .safety import _check_writable, check_own_json
+
+        if Path(args.json).is_dir():
+            raise PoddError(f"--json {args.json} is a folder; give a file name for the plan")
+        check_own_json(Path(args.json), "--json", PLAN_KEYS)
+        _check_writable(Path(args.json), "--json")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     the_plan = plan.build_plan(args.profile, args.only, datasets, args.notebooks, seconds_per_step=args.seconds_per_step)
     print(plan.plan_text(the_plan))
@@ -321,7 +390,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `podd`."""
+    from . import __version__
+
     p = Parser(prog="podd", description="PoDD: distill a dataset into one poster.", formatter_class=Help)
+    p.add_argument("--version", action="version", version=f"podd-kit {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
     def add_parser(name: str, **kw) -> argparse.ArgumentParser:
@@ -362,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--order", help="poco | poco-zigzag | paper | identity | random:SEED | file:PATH "
                                     "(default: the config's)")
     sp.add_argument("--steps", type=count, help="outer steps, >= 1 (default: the config's)")
-    sp.add_argument("--seed", type=int, help="random seed (default: the config's, 0)")
+    sp.add_argument("--seed", type=seed_value, help="random seed (default: the config's, 0)")
     sp.add_argument("--out", required=True, help="run folder: new, empty, or a run of the kit (default: none, required)")
     sp.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its checkpoint (default: start a new run)")
@@ -378,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     data(sp)
     sp.add_argument("--n-experts", type=count, help="number of expert trajectories (default: the config's)")
-    sp.add_argument("--seed", type=int, help="random seed (default: the config's, 0)")
+    sp.add_argument("--seed", type=seed_value, help="random seed (default: the config's, 0)")
     sp.add_argument("--out", help="experts root folder (default $PODD_EXPERTS, else ./outputs/experts)")
     sp.set_defaults(fn=cmd_experts)
 
@@ -386,17 +458,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run", nargs="?", help="run folder written by podd distill (default: none; evaluate a baseline)")
     common(sp, need_dataset=False)
     data(sp)
-    sp.add_argument("--baseline", choices=("random", "full"), default="random", help="baseline without a RUN")
+    sp.add_argument("--baseline", choices=("random", "full"), default=None,
+                    help="baseline without a RUN (default: random)")
     sp.add_argument("--models", type=count, help="number of networks, >= 1 (default: the config's; quick 4, paper 8)")
     sp.add_argument("--eval-steps", type=counts,
                     help="comma-separated training steps to measure at, e.g. 300,600 (default: the config's)")
     sp.add_argument("--arch", choices=("convnet", "resnet18", "vgg11", "alexnet"),
                     help="network to train (default: the config's, convnet)")
-    sp.add_argument("--epochs", type=positive, default=30, help="epochs of the full-dataset baseline")
-    sp.add_argument("--seed", type=int, help="random seed (default: the config's, 0)")
+    sp.add_argument("--epochs", type=positive, default=None,
+                    help="epochs of the full-dataset baseline (default: the profile's full_epochs)")
+    sp.add_argument("--seed", type=seed_value, help="random seed (default: the config's, 0)")
     sp.add_argument("--out", help="result JSON (default: RUN/eval.json; baselines: "
                                   "outputs/baselines/PROFILE/baseline_KIND_DATASET.json)")
-    sp.set_defaults(fn=cmd_evaluate)
+    sp.set_defaults(fn=cmd_evaluate, profile=None)  # None: not given (a run keeps its own profile)
 
     sp = add_parser("plan", help="list the runs the notebooks need, cached or not, with estimated times")
     sp.add_argument("--profile", default="quick", choices=PROFILE_CHOICES,
@@ -404,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--only", help="notebook names or numbers, comma-separated (default: all)")
     sp.add_argument("--datasets", help="comma-separated datasets (default: each notebook's)")
     sp.add_argument("--notebooks", default="notebooks", help="the notebooks folder (default: notebooks)")
-    sp.add_argument("--seconds-per-step", type=float, help="estimate with this outer-step time (default: measured or configs/estimates.toml)")
+    sp.add_argument("--seconds-per-step", type=positive, help="estimate with this outer-step time (default: measured or configs/estimates.toml)")
     sp.add_argument("--json", help="also write the plan as JSON to this file (default: print only)")
     sp.set_defaults(fn=cmd_plan)
 
@@ -413,8 +487,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=("pt", "imagefolder"), default="pt", help="one .pt file or PNGs per class")
     sp.add_argument("--dest", help="a new or empty folder, or a previous export of this run (default: RUN/export "
                                    "for pt, RUN/export-imagefolder for imagefolder; pt also takes FILE.pt)")
+    sp.add_argument("--data-root", default=None,
+                    help="data folder, for a run that keeps its ZCA whitening by reference (default: the run's own, "
+                         "else $PODD_DATA_ROOT, else ./data)")
     sp.set_defaults(fn=cmd_export)
     return p
+
+
+MACHINE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
@@ -426,9 +506,27 @@ def _resume_hint(args: argparse.Namespace) -> str:
     return "every file is written atomically, nothing is half-written: run the same command again"
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler or `kill`): end like Ctrl-C, with the hint how to continue."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Turn SIGTERM into Terminated in the main thread."""
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `podd` and `python -m podd_lib`."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # `podd` alone: the commands, not just an error
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     from .fast import enable_runtime
 
     enable_runtime()  # before the first tensor: PyTorch's allocator reads it once
@@ -445,6 +543,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"podd: interrupted; {_resume_hint(args)}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"podd: terminated; {_resume_hint(args)}", file=sys.stderr)
+        return 143
+    except OSError as e:
+        if e.errno not in MACHINE_ERRORS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"podd: error: {e.strerror or e}{where}; {_resume_hint(args)}", file=sys.stderr)
+        return 1
     return 0
 
 

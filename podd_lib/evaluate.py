@@ -140,6 +140,20 @@ def _model_fn(arch: str, channels: int, num_classes: int, im_size: tuple[int, in
     return fn
 
 
+def check_models_fit_config(cfg: dict, num_models: int, device: str | torch.device, channels: int = 3) -> None:
+    """The memory check of training.check_models_fit from a config alone (no data read); skipped without a class count."""
+    from .training import check_models_fit
+
+    if not cfg.get("n_classes") or not cfg.get("image_size"):
+        return
+    h, w = (int(v) for v in cfg["image_size"])
+    fn = _model_fn(cfg["arch"], channels, int(cfg["n_classes"]), (h, w),
+                   {k: cfg[k] for k in ("width", "depth", "norm", "pool") if k in cfg})
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in fn().parameters())
+    check_models_fit(num_models, n_params, int(cfg.get("bs_d", 256)) * channels * h * w, _device(device))
+
+
 # ---------------------------------------------------------------- public API
 
 def train_and_test(

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from .errors import PoddError
-from .io import atomic_torch_save, atomic_write_json
-from .safety import check_export_dest, replace_folder, write_marker
+from .io import atomic_torch_save, atomic_write_json, torch_save_file
+from .safety import check_export_dest, check_name, replace_folder, write_marker
 
 
 def export_run(run: dict, fmt: str, dest: Path, run_dir: Path | None = None) -> Path:
@@ -28,13 +28,15 @@ def export_run(run: dict, fmt: str, dest: Path, run_dir: Path | None = None) -> 
         return atomic_torch_save(payload, dest)
     if fmt == "pt":
         def fill_pt(tmp: Path) -> None:
-            torch.save(payload, tmp / "distilled.pt")
+            torch_save_file(payload, tmp / "distilled.pt")
             write_marker(tmp, "export", format=fmt, run=run_id)
         return replace_folder(dest, fill_pt) / "distilled.pt"
     from PIL import Image
 
     from .viz import poster_to_image
 
+    for name in run["classes"]:  # each becomes a folder under dest
+        check_name(name, "class name", run_dir or "the run")
     prep = _preprocessor(run["preprocess"])
     posters = run["poster"] if run["poster"].dim() == 4 else run["poster"][None]  # per-class posters: (K, C, H, W)
     pictures = torch.stack([torch.as_tensor(poster_to_image(p, run["geometry"], prep)).permute(2, 0, 1)

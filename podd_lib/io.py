@@ -33,9 +33,11 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would give 0666 minus umask
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno and not e.filename:  # a failed write names no file: name the target
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
     return path
 
@@ -53,10 +55,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def torch_save_file(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to path through memory, so a full disk or a read-only folder is a plain OSError naming the file."""
+    import io
+
+    import torch
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(path, "wb") as f:
+        f.write(buf.getbuffer())
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save atomically."""
-    import torch
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return _atomic(path, lambda tmp: torch_save_file(obj, tmp))
 
 
 def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:

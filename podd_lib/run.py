@@ -35,10 +35,11 @@ from .fast.compiled import compile_applies
 from .models import make_model, set_backend
 from .poddl import PosterLabels
 from .poster import PosterGeometry, init_from_images, init_poster, make_geometry
-from .safety import check_run_out, load_torch_file, read_run_config, resume_changes, start_run
+from .safety import (check_name, check_run_out, check_text, folder_lock, load_torch_file, read_run_config,
+                     resume_changes, start_run)
 from .validate import check_patches_fit
 from .determinism import deterministic_mode
-from . import selection
+from . import selection, whitening
 
 METRIC_FIELDS = ("step", "loss", "grad_norm", "curriculum", "seconds")
 
@@ -225,6 +226,20 @@ def initial_state(cfg: dict, pb: Problem, channels: int, device: str = "cpu", re
     return make_outer_state(poster.to(device), None if Y is None else Y.to(device), pb.settings.lr, gen, extras)
 
 
+POSTER_LIMIT = 1e6  # a distilled poster lives in the data's preprocessed scale (|values| of order 10)
+
+
+def check_diverged(st: OuterState) -> None:
+    """Stop (FloatingPointError) once the poster or Y holds a non-finite value or one beyond POSTER_LIMIT."""
+    for name, t in (("poster", st.poster), ("labels Y", st.Y)):
+        if t is None:
+            continue
+        peak = float(t.detach().abs().max())
+        if not peak <= POSTER_LIMIT:  # NaN fails this too
+            raise FloatingPointError(f"the {name} diverged (largest |value| {peak:.3g} after outer step {st.step}; "
+                                     f"a smaller lr may help)")
+
+
 def checkpoint_dict(st: OuterState) -> dict:
     """Everything needed to resume exactly."""
     return {
@@ -283,7 +298,8 @@ def distill(
     restored when it returns (`determinism.deterministic_mode`). on_step(step, steps) is called after
     every outer step (progress reporting).
     """
-    with deterministic_mode(cfg.get("deterministic", True), device):
+    check_run_out(Path(out), resume)
+    with folder_lock(Path(out)), deterministic_mode(cfg.get("deterministic", True), device):
         return _distill(cfg, real, order, out, resume, device, progress, stop_after, on_step)
 
 
@@ -326,6 +342,7 @@ def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, re
         t0 = time.perf_counter()
         try:
             row = outer_step(st, pb.algo, pb.labels, pb.geom, sampler, pb.outer)
+            check_diverged(st)
         except FloatingPointError as e:
             where = f"{ck_path} (step {last_good})" if last_good is not None else "none was written yet"
             raise PoddError(f"{e}; stopped; last good checkpoint: {where}") from None
@@ -362,7 +379,8 @@ def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> No
         poster, Y, kept = k["poster"], k["Y"], {"step": k["step"], "score": k["score"], "by_step": k["by_step"]}
     with torch.no_grad():
         patch_labels = pb.labels(None if Y is None else Y.to(st.poster.device)).cpu()  # fixed labels ignore Y
-    prep = real.preprocess.state_dict() if hasattr(real, "preprocess") else None
+    pre = getattr(real, "preprocess", None)
+    prep = None if pre is None else (whitening.reference(pre) if pre.kind == "zca" else pre.state_dict())
     atomic_torch_save(
         {"poster": poster, "geometry": pb.geom.to_dict(), "order": pb.order, "classes": list(real.classes),
          "preprocess": prep, "dataset": cfg["dataset"], "kept": kept},
@@ -378,8 +396,11 @@ def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> No
     save_poster_png(out / "poster.png", poster, pb.geom, pb.order, list(real.classes), getattr(real, "preprocess", None))
 
 
-def load_run(run: str | os.PathLike) -> dict:
-    """A finished run's poster, patches and labels: {'x', 'y', 'poster', 'config', ...}."""
+def load_run(run: str | os.PathLike, data_root: str | os.PathLike | None = None) -> dict:
+    """A finished run's poster, patches and labels: {'x', 'y', 'poster', 'config', ...}.
+
+    A whitening the run keeps by reference is recomputed from its dataset (data_root, else the run's own).
+    """
     run = Path(run)
     if not run.is_dir():
         raise PoddError(f"run folder {run} does not exist" if not run.exists() else f"{run} is a file, not a run folder")
@@ -389,10 +410,16 @@ def load_run(run: str | os.PathLike) -> dict:
     cfg = read_run_config(run / "config.json")
     P = load_torch_file(run / "poster.pt", ("poster", "geometry", "order", "classes", "preprocess"))
     L = load_torch_file(run / "labels.pt", ("patch_labels", "Y"))
+    if not isinstance(P["classes"], list):
+        raise PoddError(f"{run / 'poster.pt'}: classes is not a list of names; the file is damaged or foreign")
+    for name in P["classes"]:
+        check_name(name, "class name", run / "poster.pt")
+    check_text(P.get("dataset", cfg.get("dataset", "?")), "dataset name", run / "poster.pt")
     geom = PosterGeometry(**{k: P["geometry"][k] for k in PosterGeometry.__dataclass_fields__})
     from .poster import extract_patches
 
     x = extract_patches(P["poster"], geom)
     return {"x": x, "y": L["patch_labels"], "poster": P["poster"], "geometry": geom, "config": cfg,
-            "order": P["order"], "classes": P["classes"], "preprocess": P["preprocess"], "Y": L["Y"],
+            "order": P["order"], "classes": P["classes"], "Y": L["Y"],
+            "preprocess": whitening.resolve(P["preprocess"], cfg, run / "poster.pt", data_root),
             "kept": P.get("kept")}

@@ -7,16 +7,22 @@ is the user's: commands refuse it in one line instead of writing there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import PoddError
 from .io import atomic_write_json
 
 MARKER = ".podd-kit.json"
+LOCK = ".podd-kit.lock"  # held by the one process writing a folder; it names that process
+_HELD: dict[str, object] = {}  # folders this process holds the lock of -> its FileLock (locks are re-entrant)
 
 
 def read_marker(folder: Path) -> dict | None:
@@ -34,8 +40,101 @@ def write_marker(folder: Path, kind: str, **info: str) -> None:
 
 
 def _listing(folder: Path) -> list[str]:
-    """Names in folder, sorted."""
-    return sorted(os.listdir(folder))
+    """Names in folder, sorted (the kit's lock file is not content)."""
+    return sorted(n for n in os.listdir(folder) if n != LOCK)
+
+
+def check_name(name: object, what: str, source: Path | str) -> str:
+    """A name that becomes one path component (a class folder): printable, no separator, not '.', '..' or hidden."""
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "is empty or not text"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator"
+    elif name.startswith("."):
+        problem = "starts with a dot"
+    elif not name.isprintable():
+        problem = "holds a non-printable or undecodable character"
+    if problem:
+        raise PoddError(f"{source}: {what} {ascii(name)} {problem}; the kit does not turn it into a folder name")
+    return name
+
+
+def check_text(value: object, what: str, source: Path | str) -> str:
+    """A text field read from a file (a dataset name): a printable string."""
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise PoddError(f"{source}: {what} {ascii(value)} is not printable text; the file is damaged or foreign")
+    return value
+
+
+def _lock_owner(lock_path: Path) -> str:
+    """Who holds a lock, as its lock file says ('another podd process' when it says nothing)."""
+    try:
+        info = json.loads(lock_path.read_text())
+        return f"podd process {info['pid']} on {info['host']} ({info['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another podd process"
+
+
+def _command_line() -> str:
+    """This process's command as a user would recognise it ('podd distill ...', else the program and its arguments)."""
+    argv = sys.argv or ["python"]
+    prog = "podd" if "podd" in argv[0] else Path(argv[0]).name
+    return " ".join([prog, *argv[1:]])[:200]
+
+
+def check_unlocked(folder: Path, flag: str = "--out") -> None:
+    """Fail in one line, naming the writer, when another process holds the folder's lock (nothing is changed)."""
+    from filelock import FileLock, Timeout
+
+    lock_path = Path(folder) / LOCK
+    if str(Path(folder).resolve()) in _HELD or not lock_path.is_file():
+        return
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PoddError(f"{flag} {folder} is being written by {_lock_owner(lock_path)}; wait for it to finish "
+                        f"or choose another {flag}") from None
+    except OSError:  # a lock file we cannot open: the writable checks name the problem
+        return
+    lock.release()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
+    """Hold FOLDER/.podd-kit.lock while writing the folder; a second writer fails in one line naming the first."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    key = str(folder.resolve())
+    if key in _HELD:  # this process already writes the folder
+        yield
+        return
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / LOCK
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PoddError(f"{flag} {folder} is being written by {_lock_owner(lock_path)}; wait for it to finish "
+                        f"or choose another {flag}") from None
+    try:
+        command = _command_line()
+        with open(lock_path, "w", encoding="utf-8") as f:  # the lock is on the open file, not its contents
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": command[:200]}, f)
+        _HELD[key] = lock
+        yield
+    finally:
+        _HELD.pop(key, None)
+        with contextlib.suppress(OSError):  # the lock file names only a process that holds it
+            open(lock_path, "w").close()
+        lock.release()
+        if created and os.listdir(folder) == [LOCK]:  # nothing was written: leave no trace
+            (folder / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _check_writable(path: Path, flag: str) -> None:
@@ -51,6 +150,22 @@ def _check_writable(path: Path, flag: str) -> None:
         raise PoddError(f"{flag} {path}: cannot write in {probe} (permission denied)")
 
 
+def check_own_json(path: Path, flag: str, keys: tuple[str, ...]) -> None:
+    """An output JSON file must be new, or a file of the kit (a JSON object with these keys): never a user's file."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise PoddError(f"{flag} {path} is a symlink to {os.readlink(path)}, which does not exist; give another file")
+    if not path.exists() or path.is_dir():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or not all(k in data for k in keys):
+        raise PoddError(f"{flag} {path} exists and is not a file the kit wrote; the kit does not overwrite it: "
+                        f"give a new file name")
+
+
 def is_kit_run(folder: Path) -> bool:
     """A run folder of the kit: its marker says so (folders from before markers: config.json + checkpoint.pt)."""
     marker = read_marker(folder)
@@ -62,8 +177,12 @@ def is_kit_run(folder: Path) -> bool:
 def check_run_out(out: Path, resume: bool) -> None:
     """Before any data is read: --out must be new, empty, or a kit run (resume only with a checkpoint)."""
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise PoddError(f"--out {out} is a symlink to {os.readlink(out)}, which does not exist; "
+                        f"create its target or give another --out")
     if out.exists() and not out.is_dir():
         raise PoddError(f"--out {out} is a file; give a folder for the run")
+    check_unlocked(out)
     _check_writable(out, "--out")
     names = _listing(out) if out.is_dir() else []
     has_ck = (out / "checkpoint.pt").is_file()
@@ -109,6 +228,31 @@ def check_export_dest(run: Path, dest: Path, fmt: str) -> None:
             raise PoddError(f"--dest {dest} holds files that are not an export of {run}; give a new or empty folder")
         if marker.get("format") != fmt:
             raise PoddError(f"--dest {dest} holds a {marker.get('format')} export of this run; give another folder")
+        foreign = _foreign_files(dest_r, fmt)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise PoddError(f"--dest {dest} is an export of {run} but also holds files the kit did not write "
+                            f"({shown}); move them out or give a new folder")
+
+
+_PATCH = re.compile(r"patch_\d{5}\.png")
+
+
+def _foreign_files(dest: Path, fmt: str) -> list[str]:
+    """Paths under an export folder that the kit's export of that format does not write."""
+    own_top = {MARKER, LOCK, "distilled.pt"} if fmt == "pt" else {MARKER, LOCK, "soft_labels.json"}
+    foreign = []
+    for name in sorted(os.listdir(dest)):
+        path = dest / name
+        if name in own_top and path.is_file() and not path.is_symlink():
+            continue
+        if fmt == "imagefolder" and path.is_dir() and not path.is_symlink():
+            for sub in sorted(os.listdir(path)):
+                if not (_PATCH.fullmatch(sub) and (path / sub).is_file() and not (path / sub).is_symlink()):
+                    foreign.append(f"{name}/{sub}")
+            continue
+        foreign.append(name)
+    return foreign
 
 
 def _is_pt_export_of(path: Path, run: Path) -> bool:
@@ -116,10 +260,30 @@ def _is_pt_export_of(path: Path, run: Path) -> bool:
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # any unreadable file is simply not ours
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception:  # any unreadable or unsafe file is simply not ours
         return False
     return isinstance(obj, dict) and obj.get("podd_export") == str(run)
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while process pid exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is not ours
+        return True
+    return True
+
+
+def _remove_stale(dest: Path) -> None:
+    """Remove the temporary folders replace_folder left beside dest when its process was killed."""
+    pattern = re.compile(re.escape(f".{dest.name}.") + r"(tmp|old)-(\d+)")
+    for path in dest.parent.iterdir():
+        m = pattern.fullmatch(path.name)
+        if m and path.is_dir() and not path.is_symlink() and not _pid_alive(int(m.group(2))):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def replace_folder(dest: Path, fill: Callable[[Path], None]) -> Path:
@@ -130,6 +294,7 @@ def replace_folder(dest: Path, fill: Callable[[Path], None]) -> Path:
     """
     dest = Path(dest).resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     old = dest.parent / f".{dest.name}.old-{os.getpid()}"
     try:
@@ -202,15 +367,34 @@ def read_run_config(path: Path) -> dict:
     return cfg
 
 
-def load_torch_file(path: Path, keys: tuple[str, ...] = ()) -> dict:
-    """torch.load a run file; a truncated, empty or foreign file is one line naming it."""
+def safe_torch_load(path: Path):
+    """torch.load with weights_only=True: tensors, numbers, text, lists and dicts only; no code ever runs.
+
+    A file that holds anything else is one line naming it (nothing of it is unpickled).
+    """
+    import pickle
+    import warnings
+
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # a foreign pickle protocol warns before it is refused
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if re.search(r"GLOBAL|[Uu]nsupported|not an allowed global", str(e)):
+            raise PoddError(f"{path} holds objects other than tensors and plain values; the kit does not load it "
+                            f"(loading could run code from the file): re-create it or restore the kit's file") from None
+        raise PoddError(f"{path} is damaged or not a PyTorch file (UnpicklingError); "
+                        f"re-run the distillation or restore the file") from None
     except Exception as e:  # torch raises many types for damaged files
         raise PoddError(f"{path} is damaged or not a PyTorch file ({type(e).__name__}); "
                         f"re-run the distillation or restore the file") from None
+
+
+def load_torch_file(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """Safely load a run file (safe_torch_load); a truncated, empty, foreign or unsafe file is one line naming it."""
+    obj = safe_torch_load(path)
     missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
     if missing:
         raise PoddError(f"{path} is not a file the kit wrote (missing {', '.join(missing)})")

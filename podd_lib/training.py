@@ -132,6 +132,34 @@ def models_accuracy(base: nn.Module, params: Params, buffers: Params, x_test: Te
 
 # ---------------------------------------------------------------- the shared training engine
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on device: CUDA's free memory, the host's MemAvailable; None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_models_fit(num_models: int, n_params: int, batch_values: int, device: torch.device) -> None:
+    """Refuse, before any allocation, a model count whose weights, Adam moments, gradients and batches cannot fit.
+
+    The estimate is a lower bound: K x 4 bytes x (4 x parameters + 3 x a batch's values); activations come on top.
+    """
+    need = int(num_models) * 4 * (4 * int(n_params) + 3 * int(batch_values))
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise PoddError(f"{num_models} models need at least {need / 2**30:.1f} GiB on {device} for their weights, "
+                        f"optimiser state and batches ({free / 2**30:.1f} GiB available); use fewer models (--models)")
+
+
 def train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
                   model_fn: Callable[[], nn.Module], num_models: int, eval_steps: tuple[int, ...],
                   batch: int, lr: float, augmentation: str, aug_mode: str, seed: int,
@@ -149,6 +177,8 @@ def train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
     init_seeds, g = eval_rng(seed, num_models)
     with torch.device("meta"):  # structure only; does not touch the global RNG
         base = model_fn()
+    check_models_fit(num_models, sum(p.numel() for p in base.parameters()), min(batch, x.shape[0]) * x[0].numel(),
+                     torch.device(device))
     backend = resolve_backend(backend, str(device), autocast=autocast)
     set_backend(base, backend == "fast")
     # vmap pays on a GPU; on the CPU it turns each conv into a grouped conv over strided tensors
@@ -174,7 +204,9 @@ def train_models(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor,
     first, total = 1, eval_steps[-1]
     save_every = max(1, total // 10)
     if state_path is not None and Path(state_path).exists():
-        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        from podd_lib.safety import load_torch_file
+
+        saved = load_torch_file(Path(state_path), ("params", "buffers", "m", "v", "adam_step", "generator", "step"))
         params = {n: t.to(device) for n, t in saved["params"].items()}
         buffers = {n: t.to(device) for n, t in saved["buffers"].items()}
         state = type(state)(m={n: t.to(device) for n, t in saved["m"].items()},

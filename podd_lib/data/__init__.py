@@ -141,6 +141,17 @@ def _fit_zca_cached(raw: RawData, root: Path, raw_key: dict[str, Any], strength:
     return zca
 
 
+def zca_for_config(cfg: dict, data_root: str | os.PathLike | None = None) -> ZCA:
+    """The ZCA whitening a run's config was made with, from its training data (both cached on disk); no download."""
+    size = tuple(cfg["image_size"]) if str(cfg["dataset"]).startswith("imagefolder:") and cfg.get("image_size") else None
+    reg = float(cfg.get("zca_reg", DEFAULT_ZCA_REG))
+    tpc, vpc = cfg["train_per_class"] or None, cfg["test_per_class"] or None
+    size = _check_options(cfg["dataset"], tpc, vpc, size, reg)
+    root = resolve_data_root(data_root)
+    raw, raw_key = _load_raw(cfg["dataset"], root, False, tpc, vpc, size, True)
+    return _fit_zca_cached(raw, root, raw_key, reg, True)
+
+
 def load_for_config(cfg: dict, data_root: str | os.PathLike | None = None, download: bool = True) -> RealData:
     """The real data a run's config asks for: its dataset, slices, ZCA and regulariser (and size, for ImageFolder)."""
     size = tuple(cfg["image_size"]) if str(cfg["dataset"]).startswith("imagefolder:") and cfg.get("image_size") else None

@@ -117,8 +117,11 @@ def _is_imagefolder(root: Path) -> bool:
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
-    """Sorted class folder names of an ImageFolder split."""
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    """Sorted class folder names of an ImageFolder split (each printable text: it names the class everywhere)."""
+    from podd_lib.safety import check_name
+
+    names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    return [check_name(n, "class folder", split_dir) for n in names]
 
 
 def _imagefolder_split(split_dir: Path, folders: Sequence[str], per_class: int | None) -> _Split:

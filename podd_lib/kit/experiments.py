@@ -15,14 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 from ..config import resolve_config, tiling_overrides
 from ..errors import PoddError
 from ..io import atomic_write_json
+from ..safety import LOCK
 
 _DATA_CACHE: dict[tuple, object] = {}
 # Not hashed into run keys: bookkeeping; speed settings that change kernels and memory but not the maths;
@@ -86,6 +89,21 @@ def computed_on(device: str) -> dict:
     if os.environ.get("SLURM_JOB_ID"):
         dev["slurm_job"] = os.environ["SLURM_JOB_ID"]
     return dev
+
+
+def cached_result(path: Path) -> dict | None:
+    """A cached result.json, or None when absent or damaged (a damaged one is recomputed, with a warning)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        warnings.warn(f"{path} is damaged ({type(e).__name__}); the result is computed again")
+        return None
+    if not isinstance(data, dict):
+        warnings.warn(f"{path} is not a result (not a JSON object); the result is computed again")
+        return None
+    return data
 
 
 def missing_result(folder: Path, base: dict) -> dict:
@@ -180,8 +198,9 @@ def distill_and_evaluate(
     geom0 = geometry_from_config(cfg)  # bad geometry fails before any data is read
     run_dir = distill_dir(cfg, out_dir, dataset)
     result_path = run_dir / "result.json"
-    if result_path.exists() and not force:
-        return json.loads(result_path.read_text())
+    cached = None if force else cached_result(result_path)
+    if cached is not None:
+        return cached
     command = (f"podd distill --dataset {dataset} --ipc {ipc} --profile {profile}{set_flags(overrides)} "
                f"--out {run_dir} && podd evaluate {run_dir}")
     if render_only():
@@ -189,10 +208,24 @@ def distill_and_evaluate(
             "tag": tag, "dataset": dataset, "ipc": ipc, "exact_ipc": geom0.ipc, "profile": profile,
             "seed": cfg["seed"], "config_key": config_key(cfg), "geometry": geom0.to_dict(), "label_kind": cfg["label_kind"],
             "steps": cfg["steps"], "seconds_per_step_median": None, "command": command, "config": cfg})
-    if force and run_dir.exists():
-        import shutil
+    from ..safety import folder_lock
 
-        shutil.rmtree(run_dir)
+    with folder_lock(run_dir, "run folder"):
+        if force and run_dir.exists():
+            for entry in run_dir.iterdir():  # the lock file stays: this process holds it
+                if entry.name != LOCK:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        return _distill_and_evaluate(cfg, dataset, ipc, profile, overrides, data_root, tag, device, report,
+                                     hard_labels, run_dir, result_path, command)
+
+
+def _distill_and_evaluate(cfg: dict, dataset: str, ipc: float, profile: str, overrides: dict | None,
+                          data_root: str | None, tag: str, device: str, report: Report | None, hard_labels: bool,
+                          run_dir: Path, result_path: Path, command: str) -> dict:
+    """distill_and_evaluate while this process holds the run folder's lock."""
+    from ..run import adapt_config_to_data, distill, geometry_from_config, load_run, order_for
+    from ..evaluate import evaluate_distilled
+
     dev = device_name(device)
     real = load_real(cfg, data_root)
     cfg = adapt_config_to_data(cfg, real)
@@ -203,7 +236,7 @@ def distill_and_evaluate(
     st = distill(cfg, real, order, run_dir, resume=resume, device=dev, progress=progress_enabled(),
                  on_step=None if report is None else (lambda k, n: report("distill", k, n)))
     seconds = time.perf_counter() - t0
-    run = load_run(run_dir)
+    run = load_run(run_dir, data_root)
     ev = evaluate_distilled(run["x"], run["y"], real, **_eval_kwargs(cfg, dev), with_hard_labels=hard_labels,
                             resume_dir=run_dir / "eval-progress",
                             on_step=None if report is None else (lambda kind, k, n: report(f"eval {kind}", k, n)))
@@ -256,8 +289,9 @@ def random_real_baseline(
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
     folder = random_dir(cfg, ipc, out_dir, dataset)
     path = folder / "result.json"
-    if path.exists() and not force:
-        return json.loads(path.read_text())
+    cached = None if force else cached_result(path)
+    if cached is not None:
+        return cached
     command = f"podd evaluate --baseline random --dataset {dataset} --ipc {ipc} --profile {profile}{set_flags(overrides)}"
     base = {"tag": "random", "dataset": dataset, "ipc": ipc, "profile": profile, "seed": cfg["seed"],
             "config_key": config_key(cfg),
@@ -289,8 +323,9 @@ def full_data_baseline(
     ep = epochs if epochs is not None else cfg["full_epochs"]
     folder = full_dir(cfg, ep, out_dir, dataset)
     path = folder / "result.json"
-    if path.exists() and not force:
-        return json.loads(path.read_text())
+    cached = None if force else cached_result(path)
+    if cached is not None:
+        return cached
     base = {"tag": "full", "dataset": dataset, "profile": profile, "epochs": ep, "seed": cfg["seed"],
             "config_key": config_key(cfg),
             "command": f"podd evaluate --baseline full --dataset {dataset} --profile {profile} --epochs {ep:g}"

@@ -23,12 +23,12 @@ from ..poddl import label_windows, one_hot_map
 from ..poster import PosterGeometry, extract_windows, patch_offsets
 
 
-def load(run_dir: str | os.PathLike) -> dict:
-    """A finished run for the explorer: `distill.load_run` with the preprocessor rebuilt."""
+def load(run_dir: str | os.PathLike, data_root: str | os.PathLike | None = None) -> dict:
+    """A finished run for the explorer: `distill.load_run` with the preprocessor rebuilt (data_root: see load_run)."""
     from ..data import Preprocessor
     from ..run import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, data_root)
     if run["poster"].ndim != 3:
         raise PoddError(f"{run_dir} holds {run['poster'].shape[0]} per-class posters; the explorer shows one poster")
     run["preprocess"] = Preprocessor.from_state_dict(run["preprocess"]) if run["preprocess"] else None

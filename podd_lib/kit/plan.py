@@ -94,7 +94,8 @@ def _spec(kind: str, folder: Path, base: dict, cfg: dict, notebook: str, root: s
     n = train_size(cfg, kind) if cfg.get("n_classes") else 0
     return {"kind": kind, "folder": str(folder), "result": str(folder / "result.json"), **base,
             "train_size": n, "inner_batch": inner_batch(cfg, n) if kind == "distill" else 0,
-            "config_key": experiments.config_key(cfg), "cached": (Path(root) / folder / "result.json").exists(),
+            "config_key": experiments.config_key(cfg),
+            "cached": experiments.cached_result(Path(root) / folder / "result.json") is not None,
             "steps": cfg["steps"] if kind == "distill" else 0, "algorithm": cfg["algorithm"],
             "eval_models": cfg["eval_models"], "eval_steps": cfg["eval_steps"][-1],
             "scorings": -(-cfg["steps"] // cfg["keep_every"]) if kind == "distill" and cfg.get("keep") == "best_train" else 0,
@@ -112,8 +113,8 @@ class PlanSession(Session):
     def _add(self, spec: dict) -> dict:
         """Record a run; its result stands in for the notebook's (cached, else a placeholder)."""
         self.runs.append(spec)
-        path = Path(self.root) / spec["result"]
-        return json.loads(path.read_text()) if spec["cached"] else {**spec, "summary": {}, "eval": {}}
+        cached = experiments.cached_result(Path(self.root) / spec["result"]) if spec["cached"] else None
+        return cached if cached is not None else {**spec, "summary": {}, "eval": {}}
 
     def _distill_spec(self, dataset: str, ipc: float, overrides: dict, tag: str) -> dict:
         """A distill-and-evaluate run."""

@@ -247,12 +247,15 @@ def notebook_sections(out_dir: Path, results: list[dict]) -> list[str]:
 
 def where_section(out_dir: Path, results: list[dict]) -> list[str]:
     """Where each cached run was computed (host, device, SLURM job), and the runs whose job failed, with logs."""
+    from .experiments import cached_result
+
     where: dict[tuple, list[str]] = {}
     failed = []
     for folder in sorted(p for p in (out_dir / "runs").glob("*/*") if p.is_dir()):
         res, job = folder / "result.json", folder / "job.json"
-        if res.exists():
-            on = json.loads(res.read_text()).get("computed_on") or {}
+        result = cached_result(res)
+        if result is not None:
+            on = result.get("computed_on") or {}
             key = (on.get("host", "not recorded"), on.get("device_name") or on.get("device", "not recorded"))
             where.setdefault(key, []).append(folder.name)
         elif job.exists():

@@ -152,7 +152,7 @@ class Session:
         from ..data import Preprocessor
         from ..run import load_run
 
-        run = load_run(result["run_dir"])
+        run = load_run(result["run_dir"], self.data_root)
         return {**run, "prep": Preprocessor.from_state_dict(run["preprocess"]) if run["preprocess"] else None}
 
     # ------------------------------------------------------------------ deterministic printouts

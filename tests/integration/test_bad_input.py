@@ -54,7 +54,7 @@ def podd(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 1
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every path under root -> sha256 of its bytes ('dir' for folders) and its mode."""
+    """Every path under root -> sha256 of its bytes ('dir' for folders, its target for a symlink) and its mode."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for d in dirnames:
@@ -62,8 +62,37 @@ def snapshot(root: Path) -> dict[str, str]:
             out[str(p.relative_to(root))] = "dir"
         for f in filenames:
             p = Path(dirpath) / f
+            if p.is_symlink():
+                out[str(p.relative_to(root))] = "link to " + os.readlink(p)
+                continue
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest() + oct(p.stat().st_mode)
     return out
+
+
+class Payload:
+    """A pickle payload: loading it with plain pickle creates the folder `marker` (proof that code ran)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def plant_payload(path: Path, marker: Path, key: str) -> None:
+    """Rewrite a kit file (poster.pt, checkpoint.pt) with a payload object under key, keeping its other entries."""
+    import torch
+
+    data = torch.load(path, weights_only=True)
+    data[key] = Payload(marker)
+    torch.save(data, path)
+
+
+def make_bad_class_name(root: Path) -> None:
+    """An ImageFolder whose class0 folder has a name that is not UTF-8 (bytes 0xff)."""
+    make_imagefolder(root)
+    for split in ("train", "test"):
+        os.rename(os.fsencode(root / split / "class0"), os.fsencode(root / split) + b"/cl\xffass0")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +113,24 @@ def tree(tmp_path_factory) -> Path:
         path = root / name / damage[0]
         data = path.read_bytes()
         path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "broken": data[:-20]}[damage[1]])
+    shutil.copytree(root / "run", root / "evil_poster")  # payloads: running them creates PWNED-* folders
+    plant_payload(root / "evil_poster" / "poster.pt", root / "PWNED-poster", "dataset")
+    shutil.copytree(root / "run", root / "evil_ck")
+    plant_payload(root / "evil_ck" / "checkpoint.pt", root / "PWNED-checkpoint", "ema")
+    shutil.copy(root / "run" / "poster.pt", root / "evil.pt")
+    plant_payload(root / "evil.pt", root / "PWNED-dest", "x")
+    shutil.copytree(root / "run", root / "escape")  # class names that climb out of an export folder
+    import torch
+
+    poster = torch.load(root / "escape" / "poster.pt", weights_only=True)
+    poster["classes"] = [f"../../../esc{k}" for k in range(len(poster["classes"]))]
+    torch.save(poster, root / "escape" / "poster.pt")
+    make_bad_class_name(root / "badname")
+    os.symlink(root / "nowhere" / "run", root / "dangling")
+    for fmt in ("imagefolder", "pt"):  # previous exports, each with a file the user added
+        code, _, err, _ = podd(["export", "run", "--format", fmt, "--dest", f"prev_{fmt}"], root)
+        assert code == 0, err
+        (root / f"prev_{fmt}" / "my_notes.txt").write_text("mine\n")
     user = root / "userdir"
     user.mkdir()
     (user / "notes.txt").write_text("my notes\n")
@@ -164,7 +211,29 @@ CASES = [
      "different lr"),
     ("resume_damaged_checkpoint", lambda t: [D, *base(t), *RUN_FLAGS, "--out", "broken_ck", "--resume",
                                              "--steps", "3"], "checkpoint.pt"),
+    ("out_dangling_symlink", lambda t: [D, *base(t), "--out", "dangling"], "does not exist"),
+    ("seed_huge", lambda t: [D, *base(t), "--seed", "100000000000000000000000", "--out", "new"], "seed must be"),
+    ("seed_negative", lambda t: [D, *base(t), "--seed", "-1", "--out", "new"], "seed must be"),
+    ("set_seed_huge", lambda t: [D, *base(t), "--set", "seed=100000000000000000000000", "--out", "new"],
+     "seed must be"),
+    # run files are data: a pickle that would run code is refused, nothing of it runs
+    ("resume_checkpoint_with_code", lambda t: [D, *base(t), *RUN_FLAGS, "--out", "evil_ck", "--resume",
+                                               "--steps", "3"], "checkpoint.pt holds objects other than tensors"),
+    ("evaluate_poster_with_code", lambda t: ["evaluate", "evil_poster"], "poster.pt holds objects other than tensors"),
+    ("export_poster_with_code", lambda t: ["export", "evil_poster", "--dest", "newexport"],
+     "poster.pt holds objects other than tensors"),
+    ("export_pt_over_file_with_code", lambda t: ["export", "run", "--format", "pt", "--dest", "evil.pt"],
+     "not an export"),
+    ("export_class_names_climbing_out", lambda t: ["export", "escape", "--format", "imagefolder", "--dest", "newexp"],
+     "contains a path separator"),
+    ("evaluate_class_names_climbing_out", lambda t: ["evaluate", "escape"], "contains a path separator"),
+    # a previous export holding a user's file is not replaced
+    ("reexport_imagefolder_with_user_file", lambda t: ["export", "run", "--format", "imagefolder", "--dest",
+                                                       "prev_imagefolder"], "my_notes.txt"),
+    ("reexport_pt_with_user_file", lambda t: ["export", "run", "--format", "pt", "--dest", "prev_pt"],
+     "my_notes.txt"),
     # data
+    ("imagefolder_class_not_utf8", lambda t: [D, *base(t, "badname"), "--out", "new"], "class folder"),
     ("imagefolder_one_class", lambda t: [D, *base(t, "oneclass"), "--out", "new"], "only one class"),
     ("imagefolder_class_without_train", lambda t: [D, *base(t, "emptyclass"), "--out", "new"],
      "without training images"),
@@ -187,6 +256,15 @@ CASES = [
     ("evaluate_empty_labels", lambda t: ["evaluate", "empty_labels"], "labels.pt"),
     ("evaluate_broken_config", lambda t: ["evaluate", "broken_config"], "config.json"),
     ("evaluate_out_is_folder", lambda t: ["evaluate", "run", "--out", "userdir"], "is a folder"),
+    ("evaluate_out_user_file", lambda t: ["evaluate", "run", "--out", "afile.txt"], "not a file the kit wrote"),
+    ("evaluate_models_huge", lambda t: ["evaluate", "run", "--models", "100000000", "--device", "cpu"],
+     "use fewer models"),
+    ("evaluate_run_with_seed", lambda t: ["evaluate", "run", "--seed", "5"], "--seed does not apply"),
+    ("evaluate_run_with_run_settings", lambda t: ["evaluate", "run", "--ipc", "3", "--labels", "learned", "--patches",
+                                                  "2x2", "--no-zca", "--dataset", "cifar100", "--profile", "paper"],
+     "--dataset, --ipc, --profile, --labels, --patches, --no-zca do not apply"),
+    ("evaluate_run_with_baseline_flags", lambda t: ["evaluate", "run", "--baseline", "full", "--epochs", "2"],
+     "--baseline, --epochs do not apply"),
     ("evaluate_baseline_without_dataset", lambda t: ["evaluate", "--baseline", "random"], "needs a RUN"),
     ("evaluate_epochs_zero", lambda t: ["evaluate", "--baseline", "full", "--dataset", "cifar10", "--epochs", "0"],
      "positive number"),
@@ -203,6 +281,8 @@ CASES = [
     ("export_truncated_poster", lambda t: ["export", "trunc_poster", "--dest", "newexport"], "poster.pt"),
     ("export_format_unknown", lambda t: ["export", "run", "--format", "jpg"], "invalid choice"),
     # other subcommands
+    ("plan_json_over_user_file", lambda t: ["plan", "--json", "afile.txt"], "not a file the kit wrote"),
+    ("plan_seconds_per_step_negative", lambda t: ["plan", "--seconds-per-step", "-1"], "positive number"),
     ("info_set_bad_type", lambda t: ["info", "--dataset", "cifar10", "--set", "width=abc"], "width must be"),
     ("experts_zero", lambda t: ["experts", "--dataset", "cifar10", "--n-experts", "0"], "integer >= 1"),
 ]
@@ -271,3 +351,117 @@ def test_durations_recorded() -> None:
     for case, seconds in sorted(DURATIONS.items(), key=lambda kv: -kv[1]):
         print(f"  {seconds:6.2f} s  {case}: {MESSAGES.get(case, '')}")
     assert DURATIONS[slowest] < fail_within()
+
+
+def test_no_payload_ran(tree: Path) -> None:
+    """After every case: no payload planted in a run file has run (each would have made its PWNED-* folder)."""
+    assert not list(tree.glob("PWNED-*")) and not list(tree.parent.glob("esc*"))
+
+
+def one_line_failure(code: int, err: str, text: str) -> None:
+    """Exit status non-zero, one line on stderr holding text, no traceback."""
+    assert code != 0 and "Traceback" not in err, err[-2000:]
+    assert err.count("\n") == 1 and text in err, err[-2000:]
+
+
+def test_second_writer_of_a_run_folder_fails_naming_the_first(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shared"
+    env = {**os.environ, "CI": "1", "PODD_DATA_ROOT": str(tree / "emptyroot")}
+    cmd = [sys.executable, "-m", "podd_lib", "distill", *base(tree), *RUN_FLAGS, "--steps", "100000", "--out", str(out)]
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        lock = out / ".podd-kit.lock"
+        while not (lock.is_file() and lock.read_text()) and time.time() < deadline and first.poll() is None:
+            time.sleep(0.1)
+        assert first.poll() is None, first.stderr.read()
+        for resume in ([], ["--resume"]):  # the same new --out, or resuming it: both name the first
+            code, _, err, _ = podd(["distill", *base(tree), *RUN_FLAGS, "--steps", "100000", "--out", str(out),
+                                    *resume], tmp_path)
+            one_line_failure(code, err, f"podd process {first.pid}")
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_checkpoint(tree: Path, tmp_path: Path) -> None:
+    code, _, err, _ = podd(["distill", *base(tree), *RUN_FLAGS, "--set", "lr=1e30", "--set", "checkpoint_every=1",
+                            "--steps", "20", "--out", "diverged"], tmp_path)
+    one_line_failure(code, err, "diverged")
+    assert "last good checkpoint" in err and not (tmp_path / "diverged" / "poster.pt").exists()
+
+
+def test_a_full_disk_is_one_line(tree: Path, tmp_path: Path) -> None:
+    """A file size limit (as a full disk) while writing: one line with the file, no half-written file."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    env = {**os.environ, "CI": "1", "PODD_DATA_ROOT": str(tree / "emptyroot")}
+    for argv in (["export", str(tree / "run"), "--format", "pt", "--dest", "big.pt"],
+                 ["distill", *base(tree), *RUN_FLAGS, "--out", "limited"]):
+        p = subprocess.run([sys.executable, "-m", "podd_lib", *argv], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300, preexec_fn=small_files)
+        one_line_failure(p.returncode, p.stderr, "File too large (")
+    assert not (tmp_path / "big.pt").exists() and not list(tmp_path.glob(".big.pt*"))
+
+
+def test_the_run_cache_recomputes_a_damaged_result_and_never_runs_a_run_file(tree: Path, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    from podd_lib.errors import PoddError
+    from podd_lib.kit import experiments
+
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.delenv("PODD_RENDER_ONLY", raising=False)
+    args = dict(dataset=f"imagefolder:{tree / 'toy'}", ipc=1.0, profile="smoke", out_dir=tmp_path,
+                overrides={"n_classes": 4, "image_size": [32, 32], "bs": 8, "zca": False, "order": "identity",
+                           "eval_steps": [2], "eval_models": 1},
+                data_root=str(tree), device="cpu", hard_labels=False)
+    first = experiments.distill_and_evaluate(**args)
+    result = Path(first["run_dir"]) / "result.json"
+    result.write_text(result.read_text()[:40])  # a truncated cache entry
+    with pytest.warns(UserWarning, match="result.json is damaged"):
+        again = experiments.distill_and_evaluate(**args)
+    assert again["summary"] == first["summary"] and json.loads(result.read_text())["summary"] == first["summary"]
+    result.unlink()  # a synced run folder whose checkpoint carries code
+    plant_payload(Path(first["run_dir"]) / "checkpoint.pt", tmp_path / "PWNED", "ema")
+    with pytest.raises(PoddError, match="checkpoint.pt holds objects other than tensors"):
+        experiments.distill_and_evaluate(**args)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_podd_alone_lists_its_commands_and_has_a_version(tree: Path) -> None:
+    code, _, err, _ = podd([], tree)
+    assert code == 2 and all(c in err for c in ("distill", "evaluate", "export", "plan"))
+    code, out, _, _ = podd(["--version"], tree)
+    assert code == 0 and out.startswith("podd-kit ")
+
+
+def test_sigterm_says_how_to_resume(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "terminated"
+    env = {**os.environ, "CI": "1", "PODD_DATA_ROOT": str(tree / "emptyroot")}
+    cmd = [sys.executable, "-m", "podd_lib", "distill", *base(tree), *RUN_FLAGS, "--steps", "100000", "--out", str(out)]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoint.pt").exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        assert (out / "checkpoint.pt").exists(), p.stderr.read() if p.poll() is not None else "no checkpoint"
+        p.terminate()
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143
+    one_line_failure(p.returncode, err, "--resume")
+
+
+def test_an_interrupted_exports_leftovers_are_removed(tree: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tree / "run", run)
+    left = run / ".export-imagefolder.tmp-4194999"  # above the kernel's pid range: its process is gone
+    (left / "class0").mkdir(parents=True)
+    code, _, err, _ = podd(["export", str(run), "--format", "imagefolder"], tmp_path)
+    assert code == 0, err
+    assert not left.exists() and (run / "export-imagefolder" / "soft_labels.json").is_file()

@@ -133,3 +133,58 @@ def test_config_file_and_set_go_through_one_schema(tmp_path):
                       ({"image_size": [32]}, "image_size must be a list of two")):
         with pytest.raises(PoddError, match=msg):
             resolve_config("cifar10", 1, "smoke", over)
+
+
+def test_the_kit_never_unpickles_code():
+    """Every torch.load in the library loads weights only (a run file may come from anyone)."""
+    import re
+    from pathlib import Path
+
+    import podd_lib
+
+    root = Path(podd_lib.__file__).parent
+    for path in root.rglob("*.py"):
+        for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()):
+            assert "weights_only=True" in call, f"{path}: {call}"
+
+
+def test_safe_load_refuses_code_and_names_the_file(tmp_path):
+    from podd_lib.safety import load_torch_file
+
+    from test_bad_input import Payload
+
+    torch.save({"poster": torch.zeros(3), "x": Payload(tmp_path / "PWNED")}, tmp_path / "poster.pt")
+    with pytest.raises(PoddError, match=r"poster.pt holds objects other than tensors"):
+        load_torch_file(tmp_path / "poster.pt")
+    assert not (tmp_path / "PWNED").exists()
+    (tmp_path / "half.pt").write_bytes((tmp_path / "poster.pt").read_bytes()[:100])
+    with pytest.raises(PoddError, match="half.pt is damaged"):
+        load_torch_file(tmp_path / "half.pt")
+
+
+@pytest.mark.parametrize("name", ["../../../esc0", "a/b", "..", ".", ".hidden", "", "nul\x00byte", "tab\tname",
+                                  "cl\udcffass", 3, None])
+def test_names_that_cannot_be_folders_are_refused(name):
+    from podd_lib.safety import check_name
+
+    with pytest.raises(PoddError, match="class name"):
+        check_name(name, "class name", "poster.pt")
+
+
+@pytest.mark.parametrize("name", ["airplane", "n01443537", "Black_footed_Albatross", "class 1", "é"])
+def test_plain_class_names_pass(name):
+    from podd_lib.safety import check_name
+
+    assert check_name(name, "class name", "poster.pt") == name
+
+
+def test_a_folder_lock_is_reentrant_and_leaves_no_trace_when_nothing_was_written(tmp_path):
+    from podd_lib.safety import LOCK, folder_lock
+
+    with folder_lock(tmp_path / "new"):
+        with folder_lock(tmp_path / "new"):  # the same process may enter again (the kit, then distill)
+            assert (tmp_path / "new" / LOCK).is_file()
+    assert not (tmp_path / "new").exists()
+    with folder_lock(tmp_path / "kept"):
+        (tmp_path / "kept" / "config.json").write_text("{}")
+    assert (tmp_path / "kept" / LOCK).read_text() == ""  # names no one once released
