@@ -116,3 +116,30 @@ def test_each_output_folder_has_its_own_readme_block():
     new = claims.update_readme(text, results(), "outputs/cpu-long")
     assert "\nA\n" in new and "\nB\n" not in new and new.count("**shown**") >= 1
     assert new.index("**shown**") > new.index("cpu-long")
+
+
+def cross_arch(poster=25.0, tiling=22.0, arch="VGG-11"):
+    """Notebook 09's results file: the ConvNet's rows and one other architecture's."""
+    rows = [row(architecture="ConvNet", representation="poster, 1 IPC", ours_mean=20.0),
+            row(architecture="ConvNet", representation="tiling, 1 IPC", ours_mean=27.0),
+            row(architecture=arch, representation="poster, 1 IPC", ours_mean=poster),
+            row(architecture=arch, representation="tiling, 1 IPC", ours_mean=tiling),
+            row(architecture=arch, representation="random real, 0.5 IPC", ours_mean=40.0)]
+    return [{"name": "09_cross_architecture", "rows": rows}]
+
+
+def test_cross_architecture_claim_has_one_row_per_other_architecture():
+    got = claims.posters_across_architectures(cross_arch())
+    assert len(got) == 1 and "VGG-11" in got[0]["claim"] and got[0]["verdict"] == "shown"
+    assert got[0]["ours"] == "25.0 ± 0.5 vs 22.0 ± 0.5"
+    assert claims.posters_across_architectures(cross_arch(poster=22.3))[0]["verdict"] == "not shown"  # < spread
+    assert claims.posters_across_architectures(cross_arch(poster=None))[0]["verdict"] == "not run"
+    assert claims.posters_across_architectures([]) == []
+    assert any("VGG-11" in r["claim"] for r in claims.claims_table(results() + cross_arch()))
+
+
+def test_cross_architecture_claim_follows_the_shared_rule(monkeypatch):
+    seen = []
+    monkeypatch.setattr(claims, "beats", lambda a, b, **kw: seen.append((a["ours_mean"], b["ours_mean"])) or False)
+    assert claims.posters_across_architectures(cross_arch())[0]["verdict"] == "not shown"
+    assert seen == [(25.0, 22.0)]
