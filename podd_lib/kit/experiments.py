@@ -361,7 +361,7 @@ def arch_command(kind: str, dataset: str, ipc: float, profile: str, overrides: d
 def cross_arch_run(
     kind: str, dataset: str, ipc: float, profile: str, arch: str, num_models: int, steps: list[int],
     out_dir: str | os.PathLike = "outputs", overrides: dict | None = None, data_root: str | None = None,
-    tag: str = "podd", force: bool = False, device: str = "auto", report: Report | None = None,
+    tag: str | None = None, force: bool = False, device: str = "auto", report: Report | None = None,
 ) -> dict:
     """A cached set (kind 'distill': a poster or tiling; 'random': random real images) evaluated on `arch`; cached.
 
@@ -374,7 +374,7 @@ def cross_arch_run(
 
     if arch not in ARCHS:
         raise PoddError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    steps = [int(s) for s in steps]
+    steps, tag = [int(s) for s in steps], tag or ("random" if kind == "random" else "podd")
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
     folder = arch_dir(source_dir(kind, cfg, ipc, out_dir, dataset), arch, int(num_models), steps)
     base = {"tag": tag, "kind": kind, "arch": arch, "dataset": dataset, "ipc": ipc, "profile": profile,

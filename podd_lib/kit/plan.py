@@ -170,12 +170,13 @@ class PlanSession(Session):
 
 
     def cross_arch(self, kind: str, ipc: float, arch: str, num_models: int, steps: Sequence[int],
-                   overrides: dict | None = None, tag: str = "podd", dataset: str | None = None) -> list[dict]:
+                   overrides: dict | None = None, tag: str | None = None, dataset: str | None = None) -> list[dict]:
         """Record the set (a distillation or random real images) and its evaluation on arch, one per seed.
 
         An evaluation that is the set's own (same architecture, networks and steps) is the set's result.
         """
         ds, out, steps = dataset or self.dataset, [], [int(x) for x in steps]
+        tag = tag or ("random" if kind == "random" else "podd")
         sources = (self.random_baseline(ipc, ds) if kind == "random" else
                    [self.distill(ipc, overrides, tag, ds, seeds=[seed])[0] for seed in self.seeds])
         for seed, source in zip(self.seeds, sources):

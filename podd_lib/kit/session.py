@@ -140,7 +140,7 @@ class Session:
                                          self.out_dir, overrides, self.data_root, self.force, self.device)
 
     def cross_arch(self, kind: str, ipc: float, arch: str, num_models: int, steps: Sequence[int],
-                   overrides: dict | None = None, tag: str = "podd", dataset: str | None = None) -> list[dict]:
+                   overrides: dict | None = None, tag: str | None = None, dataset: str | None = None) -> list[dict]:
         """A poster or tiling (kind 'distill') or random real images ('random') evaluated on arch, one per seed (cached)."""
         return [experiments.cross_arch_run(kind, dataset or self.dataset, ipc, self.profile, arch, num_models,
                                            list(steps), self.out_dir, {**(overrides or {}), "seed": seed},

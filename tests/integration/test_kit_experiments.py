@@ -182,3 +182,20 @@ def json_of(path):
     import json
 
     return json.loads(Path(path).read_text())
+
+
+def test_an_executor_computes_a_planned_architecture_evaluation_as_the_notebook_does(tmp_path, monkeypatch):
+    from podd_lib.kit import jobs
+    from podd_lib.kit.plan import PlanSession
+
+    s = PlanSession("t", "smoke", "../outputs", "", "cpu", False, ["cifar10"], [0], "cifar10", 1, notebook="t",
+                    root=str(tmp_path))
+    s.cross_arch("random", 0.5, "resnet18", 1, [3])
+    spec = {**s.runs[-1], "out_dir": "../outputs"}
+    calls = []
+    monkeypatch.setattr(experiments, "cross_arch_run", lambda *a, **kw: calls.append((a, kw)) or {})
+    monkeypatch.chdir(tmp_path)
+    jobs.compute_run(spec, str(tmp_path), None, "cpu", report=lambda *a: None)
+    (args, kw), = calls
+    assert args == ("random", "cifar10", 0.5, "smoke", "resnet18", 1, [3], "../outputs", {"seed": 0})
+    assert kw["tag"] == "random"
