@@ -351,7 +351,7 @@ def arch_dir(source: Path, arch: str, num_models: int, steps: list[int]) -> Path
 def arch_command(kind: str, dataset: str, ipc: float, profile: str, overrides: dict | None, folder: Path, arch: str,
                  num_models: int, steps: list[int]) -> str:
     """The `podd evaluate` command of one architecture's evaluation."""
-    flags = f" --arch {arch} --models {num_models} --eval-steps {' '.join(str(s) for s in steps)}"
+    flags = f" --arch {arch} --models {num_models} --eval-steps {','.join(str(s) for s in steps)}"
     if kind == "distill":
         return f"podd evaluate {folder.parent.parent}{flags} --out {folder / 'result.json'}"
     return (f"podd evaluate --baseline random --dataset {dataset} --ipc {ipc} --profile {profile}"
