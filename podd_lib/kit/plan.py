@@ -168,7 +168,6 @@ class PlanSession(Session):
                                                overrides)
         return self._add(self._distill_spec(ds, 1.0, over, f"{algorithm}-{representation}"))
 
-
     def cross_arch(self, kind: str, ipc: float, arch: str, num_models: int, steps: Sequence[int],
                    overrides: dict | None = None, tag: str | None = None, dataset: str | None = None) -> list[dict]:
         """Record the set (a distillation or random real images) and its evaluation on arch, one per seed.
