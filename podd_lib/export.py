@@ -69,3 +69,76 @@ def _preprocessor(state: dict | None):
     from .data import Preprocessor
 
     return Preprocessor.from_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- a poster as a dataset
+
+
+def load_tensors(path: Path) -> dict:
+    """torch.load a kit file holding tensors and plain containers only (weights_only: no code runs)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for damaged or foreign files
+        raise PoddError(f"{path} is damaged or not a tensor file the kit wrote ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise PoddError(f"{path} is not a file the kit wrote (no dictionary inside)")
+    return obj
+
+
+def _need(obj: dict, path: Path, keys: tuple[str, ...]) -> dict:
+    """obj, or PoddError naming the keys path lacks."""
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise PoddError(f"{path} is not a file the kit wrote (missing {', '.join(missing)})")
+    return obj
+
+
+def poster_tensors(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(patches, soft labels, class names) of a run folder, a `podd export --format pt` folder or its .pt file."""
+    from .poster import PosterGeometry, extract_patches
+
+    p = Path(path)
+    if p.is_dir() and (p / "poster.pt").exists():
+        if not (p / "labels.pt").exists():
+            raise PoddError(f"{p} is not a finished run: labels.pt is missing")
+        poster = _need(load_tensors(p / "poster.pt"), p / "poster.pt", ("poster", "geometry", "classes"))
+        labels = _need(load_tensors(p / "labels.pt"), p / "labels.pt", ("patch_labels",))
+        geom = PosterGeometry(**{k: poster["geometry"][k] for k in PosterGeometry.__dataclass_fields__})
+        with torch.no_grad():
+            x = extract_patches(poster["poster"], geom)
+        return x, labels["patch_labels"], list(poster["classes"])
+    if p.is_dir() and (p / "distilled.pt").exists():
+        p = p / "distilled.pt"
+    if not p.is_file():
+        raise PoddError(f"{path} is neither a run folder, an exported folder nor an exported .pt file")
+    data = _need(load_tensors(p), p, ("x", "y", "classes"))
+    return data["x"], data["y"], list(data["classes"])
+
+
+class PosterDataset(torch.utils.data.Dataset):
+    """The patches of a poster with their soft labels: item k is (transform(patch k), label vector k)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, classes: list[str], transform=None):
+        if x.dim() != 4 or y.dim() != 2 or x.shape[0] != y.shape[0] or y.shape[1] != len(classes):
+            raise PoddError(f"patches {tuple(x.shape)} and labels {tuple(y.shape)} do not match "
+                            f"({len(classes)} classes)")
+        self.x, self.y = x.detach().float(), y.detach().float()  # the labels exactly as the kit trains on them
+        self.classes, self.transform = classes, transform
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[k]
+        return (self.transform(x) if self.transform is not None else x), self.y[k]
+
+
+def poster_dataset(path: str | Path, transform=None) -> PosterDataset:
+    """A torch Dataset of (patch, soft label) from a run folder or an exported .pt file (or its folder).
+
+    Patches are (C, H, W) float tensors in the run's preprocessed space (ZCA-whitened where the run
+    used ZCA), as the kit trains on them; labels are the kit's soft labels over `dataset.classes`
+    (L1-normalised: each sums to 1).
+    `transform` (optional) is applied to each patch tensor, e.g. a torchvision v2 transform.
+    """
+    return PosterDataset(*poster_tensors(path), transform=transform)

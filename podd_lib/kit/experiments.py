@@ -362,3 +362,84 @@ def save_table(rows: list[dict], path: str | os.PathLike) -> Path:
     w.writeheader()
     w.writerows(rows)
     return atomic_write_text(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- other architectures
+
+ARCHS = ("convnet", "resnet18", "vgg11", "alexnet")
+
+
+def source_dir(kind: str, cfg: dict, ipc: float, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
+    """The folder of the cached set an architecture is evaluated on: a distillation or a random-real baseline."""
+    if kind == "distill":
+        return distill_dir(cfg, out_dir, dataset)
+    if kind == "random":
+        return random_dir(cfg, ipc, out_dir, dataset)
+    raise PoddError(f"a set to evaluate on another architecture is 'distill' or 'random', got {kind!r}")
+
+
+def arch_dir(source: Path, arch: str, num_models: int, steps: list[int]) -> Path:
+    """One architecture's evaluation of a cached set: <set folder>/arch/<arch>-<networks>x<steps>."""
+    return Path(source) / "arch" / f"{arch}-{num_models}x{'-'.join(str(s) for s in steps)}"
+
+
+def arch_command(kind: str, dataset: str, ipc: float, profile: str, overrides: dict | None, folder: Path, arch: str,
+                 num_models: int, steps: list[int]) -> str:
+    """The `podd evaluate` command of one architecture's evaluation."""
+    flags = f" --arch {arch} --models {num_models} --eval-steps {','.join(str(s) for s in steps)}"
+    if kind == "distill":
+        return f"podd evaluate {folder.parent.parent}{flags} --out {folder / 'result.json'}"
+    return (f"podd evaluate --baseline random --dataset {dataset} --ipc {ipc} --profile {profile}"
+            f"{set_flags(overrides)}{flags} --out {folder / 'result.json'}")
+
+
+def cross_arch_run(
+    kind: str, dataset: str, ipc: float, profile: str, arch: str, num_models: int, steps: list[int],
+    out_dir: str | os.PathLike = "outputs", overrides: dict | None = None, data_root: str | None = None,
+    tag: str | None = None, force: bool = False, device: str = "auto", report: Report | None = None,
+) -> dict:
+    """A cached set (kind 'distill': a poster or tiling; 'random': random real images) evaluated on `arch`; cached.
+
+    The recipe is the kit's protocol for every architecture (config's optimiser, lr, batch, augmentation,
+    soft labels, seed), with num_models networks tested at `steps`. Where it is exactly the set's own
+    evaluation (same architecture, networks and steps) that result is reused. The set is computed first
+    if it is not cached (force applies to this evaluation only).
+    """
+    from ..evaluate import evaluate_distilled, random_real_subset
+
+    if arch not in ARCHS:
+        raise PoddError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    steps, tag = [int(s) for s in steps], tag or ("random" if kind == "random" else "podd")
+    cfg = resolve_config(dataset, ipc, profile, overrides or {})
+    folder = arch_dir(source_dir(kind, cfg, ipc, out_dir, dataset), arch, int(num_models), steps)
+    base = {"tag": tag, "kind": kind, "arch": arch, "dataset": dataset, "ipc": ipc, "profile": profile,
+            "num_models": int(num_models), "steps": steps, "config_key": config_key(cfg), "run_dir": str(folder),
+            "command": arch_command(kind, dataset, ipc, profile, overrides, folder, arch, int(num_models), steps)}
+    if (folder / "result.json").exists() and not force:
+        return json.loads((folder / "result.json").read_text())
+    own = arch == cfg["arch"] and int(num_models) == cfg["eval_models"] and steps == list(cfg["eval_steps"])
+    common = dict(data_root=data_root, device=device, report=report)
+    source = (distill_and_evaluate(dataset, ipc, profile, out_dir, overrides, tag=tag, hard_labels=True, **common)
+              if kind == "distill" else random_real_baseline(dataset, ipc, profile, out_dir, overrides, **common))
+    if own or source.get("missing"):
+        return {**base, "reused": own, "command": source.get("command", base["command"]),
+                "eval": source.get("eval") or {}, "summary": source.get("summary") or {},
+                **({"missing": True, "why_missing": source.get("why_missing")} if source.get("missing") else {})}
+    if render_only():
+        return missing_result(folder, base)
+    real = load_real(cfg, data_root)
+    if kind == "distill":
+        from ..run import load_run
+
+        run = load_run(source["run_dir"])
+        x, y = run["x"], run["y"]
+    else:
+        x, y = random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=ipc, seed=cfg["seed"])
+    dev = device_name(device)
+    kw = {**_eval_kwargs(cfg, dev), "arch": arch, "num_models": int(num_models), "steps": tuple(steps)}
+    ev = evaluate_distilled(x, y, real, **kw, with_hard_labels=False, resume_dir=folder / "eval-progress",
+                            on_step=None if report is None else (lambda k, s, n: report(f"eval {arch} {k}", s, n)))
+    result = {**base, "eval": ev, "summary": summarize_eval(ev), "computed_on": computed_on(dev)}
+    atomic_write_json(folder / "result.json", result)
+    _clear_progress(folder)
+    return result

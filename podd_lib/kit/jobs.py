@@ -76,6 +76,10 @@ def compute_run(run: dict, notebooks_dir: str, data_root: str | None, device: st
     if run["kind"] == "full":
         return experiments.full_data_baseline(run["dataset"], run["profile"], run["out_dir"], run["overrides"],
                                               **common)
+    if run["kind"] == "arch":
+        return experiments.cross_arch_run(run["source_kind"], run["dataset"], run["ipc"], run["profile"], run["arch"],
+                                          run["eval_models"], run["eval_step_list"], run["out_dir"], run["overrides"],
+                                          tag=run["tag"], **common)
     raise PoddError(f"unknown run kind {run['kind']!r}")
 
 

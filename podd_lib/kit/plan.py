@@ -169,6 +169,32 @@ class PlanSession(Session):
                                                overrides)
         return self._add(self._distill_spec(ds, 1.0, over, f"{algorithm}-{representation}"))
 
+    def cross_arch(self, kind: str, ipc: float, arch: str, num_models: int, steps: Sequence[int],
+                   overrides: dict | None = None, tag: str | None = None, dataset: str | None = None) -> list[dict]:
+        """Record the set (a distillation or random real images) and its evaluation on arch, one per seed.
+
+        An evaluation that is the set's own (same architecture, networks and steps) is the set's result.
+        """
+        ds, out, steps = dataset or self.dataset, [], [int(x) for x in steps]
+        tag = tag or ("random" if kind == "random" else "podd")
+        sources = (self.random_baseline(ipc, ds) if kind == "random" else
+                   [self.distill(ipc, overrides, tag, ds, seeds=[seed])[0] for seed in self.seeds])
+        for seed, source in zip(self.seeds, sources):
+            over = {**(overrides or {}), "seed": seed}
+            cfg = resolve_config(ds, ipc, self.profile, over)
+            if arch == cfg["arch"] and num_models == cfg["eval_models"] and steps == list(cfg["eval_steps"]):
+                out.append(source)
+                continue
+            folder = experiments.arch_dir(experiments.source_dir(kind, cfg, ipc, self.out_dir, ds), arch,
+                                          num_models, steps)
+            base = {"dataset": ds, "ipc": ipc, "profile": self.profile, "overrides": over, "tag": tag, "arch": arch,
+                    "source_kind": kind, "eval_step_list": steps, "command": experiments.arch_command(
+                        kind, ds, ipc, self.profile, over, folder, arch, num_models, steps)}
+            spec = _spec("arch", folder, base, cfg, self.notebook, self.root)
+            out.append(self._add({**spec, "train_size": train_size(cfg, kind), "eval_models": num_models,
+                                  "eval_steps": steps[-1], "eval_phases": 1}))
+        return out
+
 
 def _param(params: dict, name: str, default: Any = None) -> Any:
     """A notebook parameter's value."""
@@ -217,13 +243,20 @@ def _runs_07(s: PlanSession, p: dict) -> None:
     studies.algorithm_runs(s, plan, {"init": _param(p, "init")})
 
 
+def _runs_09(s: PlanSession, p: dict) -> None:
+    """Notebook 09: the 1-IPC poster, its tiling, a poster below 1 IPC and random real images on every architecture."""
+    archs, models, steps = studies.cross_arch_settings(s.profile, p.get("archs"), p.get("models"), p.get("steps"))
+    studies.cross_arch_runs(s, studies.cross_arch_sets(s, _param(p, "floor_ipc", 0.5)), archs, models, steps)
+
+
 # The runs of each notebook, by number, mirroring the notebook's own calls (a test renders the smoke
 # notebooks from a plan's results alone, so a notebook that asks for more fails it).
 NOTEBOOK_RUNS: dict[str, Callable[[PlanSession, dict], None]] = {
-    "00": _runs_00, "02": _runs_02, "03": _runs_03, "04": _runs_04, "05": _runs_05, "06": _runs_06, "07": _runs_07}
+    "00": _runs_00, "02": _runs_02, "03": _runs_03, "04": _runs_04, "05": _runs_05, "06": _runs_06, "07": _runs_07,
+    "09": _runs_09}
 
 # The notebooks that fix their dataset (paper figures on CIFAR-10), as kit.setup(..., dataset=...) does.
-FIXED_DATASET = {"04": "cifar10", "05": "cifar10", "06": "cifar10", "07": "cifar10"}
+FIXED_DATASET = {"04": "cifar10", "05": "cifar10", "06": "cifar10", "07": "cifar10", "09": "cifar10"}
 
 
 # ----------------------------------------------------------------------------- estimates
@@ -256,7 +289,17 @@ def measured_rates(out_dir: str | os.PathLike, profile: str) -> dict:
         soft = (r.get("eval") or {}).get("soft") or {}
         if soft.get("seconds") and soft.get("num_models") and soft.get("by_step"):
             model_step.append((n, soft["seconds"] / (soft["num_models"] * soft["by_step"][-1]["step"])))
-    return {"step": {a: statistics.median(v for _, v in pts) for a, pts in step.items()},
+    arch: dict[str, list[tuple[int, float]]] = {}
+    for path in Path(out_dir, "runs").glob("*/*/arch/*/result.json"):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        soft = (r.get("eval") or {}).get("soft") or {}
+        n = ((r.get("eval") or {}).get("protocol") or {}).get("n_syn", 0)
+        if r.get("profile") == profile and soft.get("seconds") and soft.get("num_models") and soft.get("by_step") and n:
+            arch.setdefault(r["arch"], []).append((n, soft["seconds"] / (soft["num_models"] * soft["by_step"][-1]["step"])))
+    return {"arch_points": arch, "step": {a: statistics.median(v for _, v in pts) for a, pts in step.items()},
             "step_points": {a: [p for p in pts if p[0]] for a, pts in step.items()},
             "model_step": statistics.median(v for _, v in model_step) if model_step else None,
             "model_step_points": [p for p in model_step if p[0]],
@@ -299,6 +342,9 @@ def estimate(run: dict, rates: dict) -> float:
     sps = (interpolate(rates.get("step_points", {}).get(run["algorithm"], []), run.get("inner_batch", 0))
            or rates["step"].get(run["algorithm"], rates["step_default"]))
     mps = interpolate(rates.get("model_step_points", []), run.get("train_size", 0)) or rates["model_step"]
+    if run.get("kind") == "arch":  # another architecture: its own measured rate, else the ConvNet's times its factor
+        mps = (interpolate(rates.get("arch_points", {}).get(run["arch"], []), run.get("train_size", 0))
+               or mps * rates.get("arch_factor", {}).get(run["arch"], 1.0))
     phases = run.get("eval_phases", 2) + run.get("scorings", 0)
     return run["steps"] * sps + phases * run["eval_steps"] * run["eval_models"] * mps
 
@@ -325,8 +371,13 @@ def rates_for(out_dir: str | os.PathLike, profile: str, seconds_per_step: float 
         model_step = float(d["seconds_per_model_step"])
         model_basis = f"default {model_step:g} s per model step ({d['model_step_basis']})"
     points = m["step_points"] if seconds_per_step is None else {}
+    factors = d.get("arch_factor", {})
+    arch_basis = ("other architectures: s per model step measured for " + (", ".join(sorted(m["arch_points"])) or "none")
+                  + "; else the ConvNet's times " + ", ".join(f"{a} {f:g}" for a, f in factors.items())
+                  + f" ({d.get('arch_basis', 'no basis given')})") if factors else None
     return {"step": step, "step_default": step_default, "model_step": model_step, "step_points": points,
-            "model_step_points": m["model_step_points"], "basis": [step_basis, model_basis]}
+            "model_step_points": m["model_step_points"], "arch_points": m["arch_points"], "arch_factor": factors,
+            "basis": [step_basis, model_basis] + ([arch_basis] if arch_basis else [])}
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -391,7 +442,8 @@ def run_label(run: dict) -> str:
     """A run in a few words: 'cifar10 ipc0.5 podd seed 0' (+ what its overrides change)."""
     over = {k: v for k, v in (run.get("overrides") or {}).items() if k not in ("seed", "experts_root")}
     extra = " ".join(f"{k}={v}" for k, v in over.items() if k not in ("patch_grid",) or run["tag"] != "ratbptt")
-    return f"{run['dataset']} ipc{run['ipc']:g} {run['tag']}" + (f" {extra}" if extra else "")
+    on = f" on {run['arch']}" if run.get("kind") == "arch" else ""
+    return f"{run['dataset']} ipc{run['ipc']:g} {run['tag']}{on}" + (f" {extra}" if extra else "")
 
 
 def plan_text(plan: dict) -> str:

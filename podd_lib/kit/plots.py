@@ -308,3 +308,28 @@ def algorithms_plot(df: Any):
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def cross_arch_plot(df: Any, title: str = "CIFAR-10: the same sets on other architectures"):
+    """Bars: accuracy per architecture, one bar per set (poster, tiling, floor poster, random real)."""
+    plt = _plt()
+    archs = list(dict.fromkeys(df["architecture"]))
+    reps = list(dict.fromkeys(df["representation"]))
+    width = 0.8 / len(reps)
+    fig, ax = plt.subplots(figsize=(1.9 * len(archs) + 2.5, 3.6))
+    for j, rep in enumerate(reps):
+        xs, ys, es = [], [], []
+        for i, a in enumerate(archs):
+            sel = df[(df["architecture"] == a) & (df["representation"] == rep)]
+            if len(sel) and sel["ours_mean"].iloc[0] is not None:
+                xs.append(i + (j - (len(reps) - 1) / 2) * width)
+                ys.append(sel["ours_mean"].iloc[0])
+                es.append(sel["ours_std"].iloc[0] or 0)
+        ax.bar(xs, ys, width, yerr=es, label=rep, capsize=2)
+    ax.set_xticks(range(len(archs)), archs)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

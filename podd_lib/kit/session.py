@@ -147,6 +147,13 @@ class Session:
                                                      self.profile, self.out_dir, overrides, self.data_root, self.force,
                                                      self.device)])[0]
 
+    def cross_arch(self, kind: str, ipc: float, arch: str, num_models: int, steps: Sequence[int],
+                   overrides: dict | None = None, tag: str | None = None, dataset: str | None = None) -> list[dict]:
+        """A poster or tiling (kind 'distill') or random real images ('random') evaluated on arch, one per seed (cached)."""
+        return [experiments.cross_arch_run(kind, dataset or self.dataset, ipc, self.profile, arch, num_models,
+                                           list(steps), self.out_dir, {**(overrides or {}), "seed": seed},
+                                           self.data_root, tag, self.force, self.device) for seed in self.seeds]
+
     def load_run(self, result: dict) -> dict:
         """A finished run's poster, labels and geometry (distill.load_run), with its preprocessor as 'prep'."""
         from ..data import Preprocessor

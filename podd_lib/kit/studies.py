@@ -247,3 +247,70 @@ def algorithm_notes(s: Session, init: str | None, algorithms: Sequence[str]) -> 
              f"Augmentation of patches (and, siamese, of DM/DC real batches): syn_aug = {syn_aug!r}, PoDD's; DSA, DM "
              "and MTT use DSA's full strategy (--set syn_aug=dsa). MTT's experts do use it (expert_aug)."]
     return notes + [n for a in algorithms for n in s.deviation_notes(1.0, {"algorithm": a}, label=a)]
+
+
+# ----------------------------------------------------------------------------- 09: other architectures
+
+
+def cross_arch_settings(profile: str, archs: Sequence[str] | None = None, models: int | None = None,
+                        steps: Sequence[int] | None = None) -> tuple[list[str], int, list[int]]:
+    """Notebook 09's architectures, networks and steps: the parameters, else the profile's run list, else all four
+    architectures under the profile's evaluation."""
+    from .experiments import ARCHS
+
+    rl, cfg = run_list(profile), resolve_config("cifar10", 1.0, profile)
+    archs = list(archs if archs is not None else rl.get("cross_arch_archs", ARCHS))
+    unknown = [a for a in archs if a not in ARCHS]
+    if unknown or not archs:
+        raise PoddError(f"archs must be some of {', '.join(ARCHS)}, got {archs!r}")
+    return (archs, int(models if models is not None else rl.get("cross_arch_models", cfg["eval_models"])),
+            [int(x) for x in (steps if steps is not None else rl.get("cross_arch_steps", cfg["eval_steps"]))])
+
+
+def cross_arch_sets(s: Session, floor_ipc: float) -> list[tuple[str, str, float, dict, str]]:
+    """Notebook 09's sets as (name, kind, IPC, overrides, tag): the 1-IPC poster and its tiling (notebooks 02
+    and 03's runs), the poster at floor_ipc (Table 1's), and random real images at floor_ipc's budget."""
+    if not 0 < float(floor_ipc) < 1:
+        raise PoddError(f"floor_ipc must be below 1 IPC, got {floor_ipc!r}")
+    return [("poster, 1 IPC", "distill", 1.0, {}, "podd"),
+            ("tiling, 1 IPC", "distill", 1.0, tiling_overrides(s.dataset, s.profile), "ratbptt"),
+            (f"poster, {floor_ipc:g} IPC", "distill", float(floor_ipc), {}, "podd"),
+            (f"random real, {floor_ipc:g} IPC", "random", float(floor_ipc), {}, "random")]
+
+
+def print_cross_arch_plan(s: Session, sets: Sequence[tuple], archs: Sequence[str], models: int,
+                          steps: Sequence[int]) -> None:
+    """Each set's size and the one evaluation recipe every architecture gets."""
+    from ..run import geometry_from_config
+
+    for name, kind, ipc, over, _ in sets:
+        cfg = resolve_config(s.dataset, ipc, s.profile, over)
+        if kind == "random":
+            print(f"{name:22s} {int(ipc * cfg['n_classes'] + 1e-9)} real training images, one-hot labels")
+        else:
+            g = geometry_from_config(cfg)
+            print(f"{name:22s} poster {g.d_h}x{g.d_w}, {g.p_x}x{g.p_y} = {g.n_patches} patches, labels {cfg['label_kind']}")
+    cfg = resolve_config(s.dataset, 1.0, s.profile)
+    print(f"architectures: {', '.join(archs)}; the same recipe for each: {models} fresh network{'s' if models != 1 else ''}, Adam (lr 0.001, "
+          f"no schedule), batches of min({cfg['bs_d']}, set size), augmentation {cfg['syn_aug']!r}, soft-label "
+          f"cross-entropy, {'/'.join(str(x) for x in steps)} steps, norm {cfg['norm']!r} in every network, "
+          f"tested on the whole test set")
+
+
+def cross_arch_runs(s: Session, sets: Sequence[tuple], archs: Sequence[str], models: int,
+                    steps: Sequence[int]) -> list[dict]:
+    """Every set evaluated on every architecture (cached), each result marked with its set's name."""
+    return [{**r, "representation": name} for arch in archs for name, kind, ipc, over, tag in sets
+            for r in s.cross_arch(kind, ipc, arch, models, steps, over, tag)]
+
+
+def cross_arch_notes(s: Session, archs: Sequence[str], models: int, steps: Sequence[int]) -> list[str]:
+    """The report's notes on notebook 09: the recipe, and what the profile leaves out."""
+    from .experiments import ARCHS
+
+    left = [a for a in ARCHS if a not in archs]
+    return ([f"Every architecture is trained by the kit's evaluation protocol with one recipe: {models} networks, "
+             f"{'/'.join(str(x) for x in steps)} steps, Adam at lr 0.001, the config's batch, augmentation and norm; "
+             "the sets are distilled with the ConvNet."]
+            + ([f"Left out under profile {s.profile} to save time: {', '.join(left)} (configs/runs.toml)."] if left else [])
+            + s.deviation_notes())

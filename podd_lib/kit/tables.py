@@ -406,3 +406,39 @@ def algorithms_frame(results: Sequence[Mapping]):
     return pd.DataFrame(rows)
 
 
+
+
+# ----------------------------------------------------------------------------- other architectures
+
+ARCH_NAMES = {"convnet": "ConvNet", "resnet18": "ResNet-18", "vgg11": "VGG-11", "alexnet": "AlexNet"}
+CROSS_ARCH_COLUMNS = ["architecture", "representation", OURS, "networks", "steps", "profile"]
+
+
+def cross_arch_frame(results: Sequence[Mapping]):
+    """Notebook 09's long table: one row per (architecture, set), seeds pooled, with each network's accuracy.
+
+    Each result needs 'arch' and 'representation' (kit.studies.cross_arch_runs results).
+    """
+    import pandas as pd
+
+    groups: dict[tuple[str, str], list[Mapping]] = {}
+    for r in results:
+        groups.setdefault((r["arch"], r["representation"]), []).append(r)
+    rows = []
+    for (arch, rep), runs in groups.items():
+        ours = accuracy(runs)
+        accs = [a for r in runs for a in (_final_accs(r, "soft") or [])]
+        rows.append({"architecture": ARCH_NAMES.get(arch, arch), "representation": rep,
+                     OURS: fmt_pm(ours["mean"] if ours else None, ours["std"] if ours else None),
+                     "networks": sum(len(_final_accs(r, "soft") or []) for r in runs) or None,
+                     "steps": ours["step"] if ours else None, "profile": _first(runs, "profile"),
+                     "command": commands_of(runs), "ours_mean": ours["mean"] if ours else None,
+                     "ours_std": ours["std"] if ours else None, "ours_accs": accs or None, "arch_key": arch})
+    return pd.DataFrame(rows)
+
+
+def cross_arch_pivot(df: Any):
+    """Architecture x representation: mean ± std of each cell."""
+    table = df.pivot(index="architecture", columns="representation", values=OURS)
+    order = list(dict.fromkeys(df["architecture"]))
+    return table.loc[order, list(dict.fromkeys(df["representation"]))].reset_index()

@@ -145,3 +145,57 @@ def test_plans_shrink_under_smoke_only(monkeypatch):
     assert studies.table1_ipcs(kit.setup("nb", "smoke")) == {"cifar10": [1.0, 0.5]}
     quick = studies.table1_ipcs(kit.setup("nb", "quick"))["cifar10"]
     assert quick == sorted(quick, reverse=True) and quick[0] == 1.0 and quick[-1] == 0.3 and len(quick) == 8
+
+
+def test_an_architecture_evaluation_is_cached_beside_its_set(tmp_path, monkeypatch):
+    import podd_lib.evaluate as evaluate
+    from podd_lib.kit.plan import PlanSession
+    from tests.integration.test_distill import fake_real
+
+    monkeypatch.setattr(experiments, "load_real", lambda cfg, data_root=None: fake_real())
+    over = {"seed": 0, "steps": 1}
+    a = experiments.cross_arch_run("distill", "cifar10", 0.5, "smoke", "alexnet", 1, [2], tmp_path, over, device="cpu")
+    folder = experiments.distill_dir(resolve_config("cifar10", 0.5, "smoke", over), tmp_path) / "arch" / "alexnet-1x2"
+    assert a["run_dir"] == str(folder) and (folder / "result.json").exists()
+    assert a["eval"]["protocol"]["arch"] == "alexnet" and a["eval"]["protocol"]["num_models"] == 1
+    assert a["summary"]["soft"]["step"] == 2 and a["eval"]["hard"] is None
+    r = experiments.cross_arch_run("random", "cifar10", 0.5, "smoke", "vgg11", 1, [1], tmp_path, {"seed": 0})
+    assert r["eval"]["protocol"]["n_syn"] == 5 and r["eval"]["protocol"]["arch"] == "vgg11"
+
+    def boom(*args, **kwargs):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(evaluate, "evaluate_distilled", boom)
+    assert experiments.cross_arch_run("distill", "cifar10", 0.5, "smoke", "alexnet", 1, [2], tmp_path, over) == a
+    own = experiments.cross_arch_run("distill", "cifar10", 0.5, "smoke", "convnet", 2, [5], tmp_path, over)
+    assert own["reused"] and own["summary"] == json_of(folder.parent.parent / "result.json")["summary"]
+    s = PlanSession("t", "smoke", str(tmp_path), "", "cpu", False, ["cifar10"], [0], "cifar10", 1, notebook="t", root="")
+    s.cross_arch("distill", 0.5, "alexnet", 1, [2], {"steps": 1})
+    spec = s.runs[-1]
+    assert spec["kind"] == "arch" and spec["folder"] == str(folder) and spec["cached"]
+    with pytest.raises(PoddError, match="unknown architecture"):
+        experiments.cross_arch_run("distill", "cifar10", 0.5, "smoke", "lenet", 1, [2], tmp_path, over)
+
+
+def json_of(path):
+    """A JSON file's content."""
+    import json
+
+    return json.loads(Path(path).read_text())
+
+
+def test_an_executor_computes_a_planned_architecture_evaluation_as_the_notebook_does(tmp_path, monkeypatch):
+    from podd_lib.kit import jobs
+    from podd_lib.kit.plan import PlanSession
+
+    s = PlanSession("t", "smoke", "../outputs", "", "cpu", False, ["cifar10"], [0], "cifar10", 1, notebook="t",
+                    root=str(tmp_path))
+    s.cross_arch("random", 0.5, "resnet18", 1, [3])
+    spec = {**s.runs[-1], "out_dir": "../outputs"}
+    calls = []
+    monkeypatch.setattr(experiments, "cross_arch_run", lambda *a, **kw: calls.append((a, kw)) or {})
+    monkeypatch.chdir(tmp_path)
+    jobs.compute_run(spec, str(tmp_path), None, "cpu", report=lambda *a: None)
+    (args, kw), = calls
+    assert args == ("random", "cifar10", 0.5, "smoke", "resnet18", 1, [3], "../outputs", {"seed": 0})
+    assert kw["tag"] == "random"

@@ -21,7 +21,8 @@ def row(j=0.5, **kw):
     (s.e. 0.58): a difference d of the means is shown when it exceeds 1.15.
     """
     out = {"ours_std": 0.5, "paper_mean": None, "paper_std": None, **kw}
-    out["seed_means"] = spread(out["ours_mean"], j)
+    if out.get("ours_mean") is not None:
+        out["seed_means"] = spread(out["ours_mean"], j)
     if "hard_mean" in kw:
         out["hard_seed_means"] = spread(kw["hard_mean"], -j)
     return out
@@ -151,3 +152,35 @@ def test_each_output_folder_has_its_own_readme_block():
     new = claims.update_readme(text, results(), "outputs/cpu-long")
     assert "\nA\n" in new and "\nB\n" not in new and new.count("**shown**") >= 1
     assert new.index("**shown**") > new.index("cpu-long")
+
+
+def cross_arch(poster=25.0, tiling=22.0, arch="VGG-11"):
+    """Notebook 09's results file: the ConvNet's rows and one other architecture's."""
+    rows = [row(architecture="ConvNet", representation="poster, 1 IPC", ours_mean=20.0),
+            row(architecture="ConvNet", representation="tiling, 1 IPC", ours_mean=27.0),
+            row(architecture=arch, representation="poster, 1 IPC", ours_mean=poster),
+            row(architecture=arch, representation="tiling, 1 IPC", ours_mean=tiling, j=-0.5),
+            row(architecture=arch, representation="random real, 0.5 IPC", ours_mean=40.0)]
+    return [{"name": "09_cross_architecture", "rows": rows}]
+
+
+def test_cross_architecture_claim_has_one_row_per_other_architecture():
+    got = claims.posters_across_architectures(cross_arch())
+    assert len(got) == 1 and "VGG-11" in got[0]["claim"] and got[0]["verdict"] == "shown"
+    assert got[0]["ours"] == "25.0 ± 0.5 vs 22.0 ± 0.5"
+    assert claims.posters_across_architectures(cross_arch(poster=22.3))[0]["verdict"] == "not shown"  # < 2 s.e.
+    assert claims.posters_across_architectures(cross_arch(poster=None))[0]["verdict"] == "not run"
+    assert claims.posters_across_architectures([]) == []
+    assert any("VGG-11" in r["claim"] for r in claims.claims_table(results() + cross_arch()))
+
+
+def test_cross_architecture_claim_follows_the_shared_rule(monkeypatch):
+    seen = []
+
+    def rule(a, b, **kw):
+        seen.append((a["ours_mean"], b["ours_mean"]))
+        return claims.Paired((("0", -1.0), ("1", -1.0), ("2", -1.0)))
+
+    monkeypatch.setattr(claims, "paired", rule)
+    assert claims.posters_across_architectures(cross_arch())[0]["verdict"] == "not shown"
+    assert seen == [(25.0, 22.0)]

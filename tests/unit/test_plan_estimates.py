@@ -41,3 +41,24 @@ def test_planned_runs_carry_their_sizes():
     sizes = {r["tag"]: (r["train_size"], r["inner_batch"]) for r in p["runs"]}
     assert sizes["podd"] == (96, 96) and sizes["ratbptt"] == (10, 10) and sizes["random"] == (10, 0)
     assert sizes["full"] == (plan.FULL_BATCH, 0)
+
+
+def test_notebook_09_plans_every_set_on_the_profiles_architectures():
+    from pathlib import Path
+
+    nbs = Path(__file__).resolve().parents[2] / "notebooks"
+    p = plan.build_plan("quick", only="09", notebooks_dir=nbs, out_dir="../nonexistent-outputs")
+    evals = [r for r in p["runs"] if r["kind"] == "arch"]
+    assert sorted({r["arch"] for r in evals}) == ["convnet", "vgg11"]  # quick leaves ResNet-18 and AlexNet out
+    assert len(evals) == 8 and all(r["eval_models"] == 2 and r["eval_steps"] == 100 for r in evals)
+    sets = [r for r in p["runs"] if r["kind"] != "arch"]
+    assert [Path(r["folder"]).name for r in sets][:2] == ["ipc1-96985d75b9fd", "ipc1-2ea309f4e751"]  # notebook 03's
+    assert all(Path(r["folder"]).parent.parent.name in [Path(x["folder"]).name for x in sets] for r in evals)
+    cost = {(r["arch"], r["tag"], r["ipc"]): r["estimate_s"] for r in evals}
+    assert 0 < cost[("convnet", "podd", 1.0)] < cost[("vgg11", "podd", 1.0)]
+    paper = plan.build_plan("paper", only="09", notebooks_dir=nbs, out_dir="../nonexistent-outputs")
+    evals = [r for r in paper["runs"] if r["kind"] == "arch"]
+    assert sorted({r["arch"] for r in evals}) == ["alexnet", "resnet18", "vgg11"]  # the ConvNet's is the sets' own
+    assert all(r["eval_models"] == 8 and r["eval_steps"] == 2000 for r in evals)
+    cost = {(r["arch"], r["tag"], r["ipc"]): r["estimate_s"] for r in evals}
+    assert cost[("vgg11", "podd", 1.0)] < cost[("alexnet", "podd", 1.0)] < cost[("resnet18", "podd", 1.0)]
