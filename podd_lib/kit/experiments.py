@@ -138,10 +138,10 @@ def load_real(cfg: dict, data_root: str | None = None):
 
 
 def _eval_kwargs(cfg: dict, device: str) -> dict:
-    """evaluate_distilled keyword arguments from a config."""
+    """evaluate_distilled's protocol (from the config), device and progress, as keyword arguments."""
     from ..evaluate import protocol_from_config
 
-    return {**protocol_from_config(cfg), "device": device, "progress": progress_enabled()}
+    return {"protocol": protocol_from_config(cfg), "device": device, "progress": progress_enabled()}
 
 
 def summarize_eval(ev: dict) -> dict:
@@ -283,7 +283,7 @@ def full_data_baseline(
     report: Report | None = None,
 ) -> dict:
     """The same network trained on the whole (profile-sliced) training set; cached."""
-    from ..evaluate import full_dataset_baseline
+    from ..evaluate import full_dataset_baseline, protocol_from_config
 
     cfg = resolve_config(dataset, 1.0, profile, overrides or {})
     ep = epochs if epochs is not None else cfg["full_epochs"]
@@ -299,11 +299,11 @@ def full_data_baseline(
         return missing_result(folder, base)
     real = load_real(cfg, data_root)
     dev = device_name(device)
+    net = protocol_from_config(cfg)  # the same network as the distilled sets' evaluation
     r = full_dataset_baseline(
-        real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes), arch=cfg["arch"],
+        real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes), arch=net.arch,
         epochs=ep, augmentation=cfg["real_aug"], seed=cfg["seed"], device=dev,
-        progress=progress_enabled(),
-        arch_kwargs={"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]},
+        progress=progress_enabled(), arch_kwargs=net.arch_kwargs,
         state_path=folder / "eval-progress" / "full.pt",
         on_step=None if report is None else (lambda k, n: report("train full", k, n)),
     )
