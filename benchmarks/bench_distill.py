@@ -24,6 +24,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,7 +41,7 @@ import torch  # noqa: E402
 from podd_lib.fast import kernels  # noqa: E402
 from podd_lib.config import parse_sets, resolve_config  # noqa: E402
 from podd_lib.run import build_problem, initial_state  # noqa: E402
-from podd_lib.evaluate import train_and_test  # noqa: E402
+from podd_lib.evaluate import EvalProtocol, train_and_test  # noqa: E402
 from podd_lib.poster import extract_patches  # noqa: E402
 from podd_lib.algorithms.ratbptt import outer_step  # noqa: E402
 from podd_lib.fast.runtime import keep_freed_memory  # noqa: E402
@@ -194,11 +195,12 @@ def bench_evaluation(setting: str, device: str, steps: int | None = None) -> dic
     x = torch.randn(96, 3, 32, 32)
     y = torch.softmax(torch.randn(96, 10), 1)
     xt, yt = torch.randn(500, 3, 32, 32), torch.randint(0, 10, (500,))
-    kw = dict(num_models=s["eval_models"], steps=(s["eval_steps"],), bs_d=96, device=device, progress=False,
-              arch_kwargs={"width": s["eval_width"]})
-    together = timed(lambda: train_and_test(x, y, xt, yt, vectorize=True, **kw), device)
-    apart = timed(lambda: train_and_test(x, y, xt, yt, vectorize=False, **kw), device)
-    share = conv_share(lambda: train_and_test(x, y, xt, yt, vectorize=False, **{**kw, "num_models": 2, "steps": (5,)})
+    protocol = EvalProtocol(num_models=s["eval_models"], steps=(s["eval_steps"],), bs_d=96, width=s["eval_width"])
+    kw = dict(device=device, progress=False)
+    together = timed(lambda: train_and_test(x, y, xt, yt, protocol, vectorize=True, **kw), device)
+    apart = timed(lambda: train_and_test(x, y, xt, yt, protocol, vectorize=False, **kw), device)
+    two = replace(protocol, num_models=2, steps=(5,))
+    share = conv_share(lambda: train_and_test(x, y, xt, yt, two, vectorize=False, **kw)
                        ) if device == "cpu" else None  # CPU time only: no bound for a GPU
     return report("evaluation", setting, [together], device, models=s["eval_models"], steps=s["eval_steps"],
                   width=s["eval_width"], sequential_s=round(apart, 3), speedup_vs_sequential=round(apart / together, 3),

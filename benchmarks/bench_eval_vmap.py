@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from podd_lib.evaluate import train_and_test
+from podd_lib.evaluate import EvalProtocol, train_and_test
 from podd_lib.io import atomic_write_json
 
 
@@ -24,9 +24,8 @@ def one_run(vectorize: bool, a: argparse.Namespace, data: tuple, steps: int) -> 
     """Seconds for one train_and_test call of `steps` steps."""
     x, y, xt, yt = data
     t0 = time.perf_counter()
-    train_and_test(x, y, xt, yt, num_models=a.models, steps=(steps,), bs_d=a.bs_d,
-                   arch_kwargs={"width": a.width}, progress=False, vectorize=vectorize,
-                   device=a.device)
+    protocol = EvalProtocol(num_models=a.models, steps=(steps,), bs_d=a.bs_d, width=a.width)
+    train_and_test(x, y, xt, yt, protocol, progress=False, vectorize=vectorize, device=a.device)
     if a.device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - t0

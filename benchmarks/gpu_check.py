@@ -45,6 +45,7 @@ import tempfile
 import time
 import traceback
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -366,9 +367,9 @@ def eval_checks(device: str, width: int, models: int, steps: int) -> list[dict]:
     gv, lv = training._vmapped_grads(base, params, buffers, xb, yb)
     gl, ll = training._sequential_grads(base, params, buffers, xb, yb, channels_last=device == "cpu")
     err = rel_err(cat_flat(gv.values()), cat_flat(gl.values()))
-    kw = dict(num_models=models, steps=(steps,), arch_kwargs={"width": width}, device=device, progress=False,
-              return_params=True)
-    out = {vec: ev.train_and_test(x, y, xt, yt, vectorize=vec, **kw) for vec in (True, False)}
+    protocol = ev.EvalProtocol(num_models=models, steps=(steps,), width=width)
+    out = {vec: ev.train_and_test(x, y, xt, yt, protocol, vectorize=vec, device=device, progress=False,
+                                  return_params=True) for vec in (True, False)}
     p_err = rel_err(cat_flat(out[True]["params"].values()), cat_flat(out[False]["params"].values()))
     return [_check(f"evaluation step, vmap vs loop ({models} models): gradients", err, "vmap_vs_loop",
                    loss_rel_err=rel_err(lv, ll), backend=out[True]["backend"],
@@ -503,31 +504,31 @@ def _plain_rows(device: str, sz: dict, clock: Clock) -> list[dict]:
 
 def _eval_rows(device: str, sz: dict, clock: Clock) -> list[dict]:
     """Seconds per training step of the 8-model evaluation: loop, vmap, vmap compiled, vmap + autocast."""
-    from podd_lib.evaluate import train_and_test
+    from podd_lib.evaluate import EvalProtocol, train_and_test
     from podd_lib.fast.compiled import compile_applies
 
     g = torch.Generator().manual_seed(6)
     x = torch.randn(96, 3, 32, 32, generator=g)
     y = torch.softmax(torch.randn(96, 10, generator=g), -1)
     xt, yt = torch.randn(100, 3, 32, 32, generator=g), torch.randint(0, 10, (100,), generator=g)
-    variants = [("loop over models", dict(vectorize=False)), ("vmap", dict(vectorize=True))]
+    variants = [("loop over models", False, {}), ("vmap", True, {})]
     if not sz["tiny"]:
-        variants.append(("vmap + bfloat16 autocast", dict(vectorize=True, autocast="bfloat16")))
+        variants.append(("vmap + bfloat16 autocast", True, dict(autocast="bfloat16")))
     if compile_applies("default", device):
-        variants += [("vmap + compile default", dict(vectorize=True, compile_steps="default")),
-                     ("vmap + compile reduce-overhead", dict(vectorize=True, compile_steps="reduce-overhead"))]
+        variants += [("vmap + compile default", True, dict(compile_steps="default")),
+                     ("vmap + compile reduce-overhead", True, dict(compile_steps="reduce-overhead"))]
     rows = []
     n = sz["eval_speed_steps"]
-    for name, kw in variants:
+    for name, vectorize, levers in variants:
         if clock.left() < 5:
             rows.append({"name": f"evaluation step, {name}", "note": "skipped, out of time"})
             continue
         try:
-            common = dict(num_models=sz["eval_models"], arch_kwargs={"width": sz["width"]}, device=device,
-                          progress=False, **kw)
+            protocol = EvalProtocol(num_models=sz["eval_models"], width=sz["width"], **levers)
+            common = dict(device=device, progress=False, vectorize=vectorize)
             reset_peak(device)
-            first = timed(lambda: train_and_test(x, y, xt, yt, steps=(2,), **common), device)
-            t = timed(lambda: train_and_test(x, y, xt, yt, steps=(n,), **common), device)
+            first = timed(lambda: train_and_test(x, y, xt, yt, replace(protocol, steps=(2,)), **common), device)
+            t = timed(lambda: train_and_test(x, y, xt, yt, replace(protocol, steps=(n,)), **common), device)
             rows.append({"name": f"evaluation step, {name}", "median_s": t / n, "peak_gb": peak_gb(device),
                          "note": f"{sz['eval_models']} models, mean of {n} steps; first call {first:.1f} s"})
         except Exception as e:
@@ -550,7 +551,7 @@ def fidelity_run(name: str, over: dict, real, device: str, sz: dict, share: floa
     """Distill one 1-IPC poster for as many outer steps as fit in 70 % of share, then evaluate it."""
     from podd_lib.algorithms.base import outer_step
     from podd_lib.config import resolve_config
-    from podd_lib.evaluate import train_and_test
+    from podd_lib.evaluate import EvalProtocol, train_and_test
     from podd_lib.run import build_problem, initial_state, make_sampler
     from podd_lib.selection import distilled_set
 
@@ -572,16 +573,16 @@ def fidelity_run(name: str, over: dict, real, device: str, sz: dict, share: floa
            "paper": PAPER_FIG6.get(name), "backend": cfg["backend"], "init": cfg["init"],
            "patch_grid": cfg["patch_grid"], "poster_size": cfg.get("poster_size"), "eval": []}
     x_syn, y_syn = distilled_set(st.poster, st.Y, pb.geom, pb.labels)
-    kw = dict(num_models=sz["fid_models"], bs_d=cfg["bs_d"], arch_kwargs={"width": cfg["width"]}, device=device,
-              progress=False, seed=0)
+    protocol = EvalProtocol(num_models=sz["fid_models"], bs_d=cfg["bs_d"], width=cfg["width"], seed=0)
+    kw = dict(device=device, progress=False)
     t1 = time.perf_counter()
-    ev = train_and_test(x_syn, y_syn, real.x_test, real.y_test, steps=sz["eval_steps"], **kw)
+    ev = train_and_test(x_syn, y_syn, real.x_test, real.y_test, replace(protocol, steps=sz["eval_steps"]), **kw)
     t_eval = time.perf_counter() - t1
     run["eval"], run["eval_s"] = ev["by_step"], t_eval
     long_steps = sz["eval_long"]
     est = t_eval * long_steps[-1] / sz["eval_steps"][-1] * 1.2
     if share - (time.perf_counter() - t0) > est:
-        ev = train_and_test(x_syn, y_syn, real.x_test, real.y_test, steps=long_steps, **kw)
+        ev = train_and_test(x_syn, y_syn, real.x_test, real.y_test, replace(protocol, steps=long_steps), **kw)
         run["eval"] = ev["by_step"]
         run["eval_s"] += time.perf_counter() - t1 - t_eval
     else:

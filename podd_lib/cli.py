@@ -237,6 +237,8 @@ def cmd_experts(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Evaluate a run, or a baseline, under the paper's protocol; write JSON."""
+    from dataclasses import replace
+
     from . import evaluate as ev
     from .run import load_run
 
@@ -286,16 +288,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             what = f"random real images at {cfg['ipc']} IPC"
         else:
             x, y, what = None, None, "full training set"
-    protocol = {**ev.protocol_from_config(cfg), "arch": args.arch or cfg["arch"]}
+    protocol = replace(ev.protocol_from_config(cfg), arch=args.arch or cfg["arch"])
     if x is None:
         result = ev.full_dataset_baseline(
             real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes),
-            arch=protocol["arch"], arch_kwargs=protocol["arch_kwargs"],
+            arch=protocol.arch, arch_kwargs=protocol.arch_kwargs,
             epochs=args.epochs if args.epochs is not None else cfg["full_epochs"], augmentation=cfg["real_aug"],
             seed=cfg["seed"], device=device, progress=_progress(),
         )
     else:
-        result = ev.evaluate_distilled(x, y, real, **protocol, device=device, progress=_progress(),
+        result = ev.evaluate_distilled(x, y, real, protocol, device=device, progress=_progress(),
                                        with_hard_labels=bool(args.run))  # real images: already one-hot
     result["what"] = what
     result["config"] = {k: cfg.get(k) for k in ("dataset", "ipc", "profile", "zca", "width", "arch")}

@@ -22,6 +22,10 @@ PyTorch's reference layers in NCHW elsewhere. Under vmap the reference layers ru
 GPU levers are opt-in: `compile_steps` compiles the vmapped training step (CUDA only), `autocast`
 runs the forward passes in bfloat16 (it changes the numbers).
 
+The recipe (networks, K, steps, batch, learning rate, augmentation, seed, speed levers) is one frozen
+`EvalProtocol`, built from a run's config by `protocol_from_config`, checked when it is made and
+passed whole to `train_and_test` and `evaluate_distilled`.
+
 Randomness: `eval_rng(seed, K)` derives K initialisation seeds and one CPU generator for batches
 and augmentation from `seed`, so the soft- and hard-label runs of one seed share initialisations,
 batches and augmentations (a paired comparison), and results do not depend on the device.
@@ -33,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -154,6 +159,62 @@ def check_models_fit_config(cfg: dict, num_models: int, device: str | torch.devi
     check_models_fit(num_models, n_params, int(cfg.get("bs_d", 256)) * channels * h * w, _device(device))
 
 
+# ---------------------------------------------------------------- the protocol
+
+ARCH_KEYS = ("width", "depth", "norm", "pool")
+
+
+def _as(kind: type, name: str, value: Any) -> Any:
+    """kind(value), or PoddError naming the field."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise PoddError(f"{name} must be {kind.__name__}, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How a distilled set is evaluated: K fresh networks, their training recipe and when they are tested.
+
+    width, depth, norm and pool left as None take the architecture's defaults (models.make_model).
+    Checked when made: bad values raise PoddError before any data is read.
+    """
+
+    arch: str = "convnet"
+    num_models: int = 8
+    steps: tuple[int, ...] = DEFAULT_STEPS
+    bs_d: int = 96
+    lr: float = 1e-3
+    augmentation: str = "flip_rotate"
+    aug_mode: str = "single"
+    seed: int = 0
+    width: int | None = None
+    depth: int | None = None
+    norm: str | None = None
+    pool: str | None = None
+    backend: str = "auto"
+    compile_steps: str = "none"
+    autocast: str = "none"
+
+    def __post_init__(self) -> None:
+        """Normalise the numbers (sorted distinct steps, ints, a float lr) and check every field."""
+        fixed = {"steps": _check_steps(self.steps), "num_models": _as(int, "num_models", self.num_models),
+                 "bs_d": _as(int, "bs_d", self.bs_d), "lr": _as(float, "lr", self.lr),
+                 "seed": _as(int, "seed", self.seed)}
+        for name in ("width", "depth"):
+            if getattr(self, name) is not None:
+                fixed[name] = _as(int, name, getattr(self, name))
+        for name, value in fixed.items():
+            object.__setattr__(self, name, value)
+        _check_common(self.bs_d, self.lr, self.num_models, self.augmentation, self.aug_mode)
+        _check_levers(self.backend, self.compile_steps, self.autocast)
+
+    @property
+    def arch_kwargs(self) -> dict:
+        """The network's shape settings that are set: a subset of width, depth, norm, pool."""
+        return {k: getattr(self, k) for k in ARCH_KEYS if getattr(self, k) is not None}
+
+
 # ---------------------------------------------------------------- public API
 
 def train_and_test(
@@ -161,27 +222,17 @@ def train_and_test(
     y_syn: Tensor,
     x_test: Tensor,
     y_test: Tensor,
-    arch: str = "convnet",
-    num_models: int = 8,
-    steps: Sequence[int] = DEFAULT_STEPS,
-    bs_d: int = 96,
-    lr: float = 1e-3,
-    augmentation: str = "flip_rotate",
-    seed: int = 0,
-    arch_kwargs: dict | None = None,
+    protocol: EvalProtocol = EvalProtocol(),
+    *,
     device: str | torch.device = "cpu",
     progress: bool = True,
     hard_labels: bool = False,
-    aug_mode: str = "single",
     vectorize: bool | None = None,
     return_params: bool = False,
-    backend: str = "auto",
-    compile_steps: str = "none",
-    autocast: str = "none",
     state_path: str | os.PathLike | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Train K fresh networks on (x_syn, y_syn) and report test accuracy (%) at each of `steps`.
+    """Train the protocol's K fresh networks on (x_syn, y_syn); test accuracy (%) at each of its steps.
 
     The result is JSON-able unless return_params=True (then it also holds the final stacked
     "params" and "buffers"). state_path: where the training state is kept so that an interrupted
@@ -195,20 +246,25 @@ def train_and_test(
                         f"{tuple(x_syn.shape[1:])}")
     num_classes = y_syn.shape[1]
     y_test = _check_int_labels("y_test", y_test, x_test.shape[0], num_classes)
-    eval_steps = _check_steps(steps)
-    _check_common(bs_d, lr, num_models, augmentation, aug_mode)
-    _check_levers(backend, compile_steps, autocast)
+    p = _check_protocol(protocol)
     dev = _device(device)
     c, h, w = x_syn.shape[1:]
-    model_fn = _model_fn(arch, c, num_classes, (h, w), arch_kwargs)
+    model_fn = _model_fn(p.arch, c, num_classes, (h, w), p.arch_kwargs)
     y = hardened(y_syn) if hard_labels else y_syn
-    out = train_models(x_syn, y, x_test, y_test, model_fn, int(num_models), eval_steps,
-                        int(bs_d), float(lr), augmentation, aug_mode, int(seed), dev, progress,
+    out = train_models(x_syn, y, x_test, y_test, model_fn, p.num_models, p.steps,
+                        p.bs_d, p.lr, p.augmentation, p.aug_mode, p.seed, dev, progress,
                         vectorize, epochs_mode=False,
-                        desc=f"eval {arch} {'hard' if hard_labels else 'soft'}",
-                        return_params=return_params, backend=backend, compile_steps=compile_steps,
-                        autocast=autocast, state_path=state_path, on_step=on_step)
+                        desc=f"eval {p.arch} {'hard' if hard_labels else 'soft'}",
+                        return_params=return_params, backend=p.backend, compile_steps=p.compile_steps,
+                        autocast=p.autocast, state_path=state_path, on_step=on_step)
     return {"labels": "hard (one-hot argmax)" if hard_labels else "soft (as given)", **out}
+
+
+def _check_protocol(protocol: Any) -> EvalProtocol:
+    """protocol itself if it is an EvalProtocol, else PoddError."""
+    if not isinstance(protocol, EvalProtocol):
+        raise PoddError(f"protocol must be an EvalProtocol (see protocol_from_config), got {type(protocol).__name__}")
+    return protocol
 
 
 def _check_real(real: Any) -> None:
@@ -231,20 +287,12 @@ def evaluate_distilled(
     x_syn: Tensor,
     y_syn: Tensor,
     real: Any,
-    arch: str = "convnet",
-    num_models: int = 8,
-    steps: Sequence[int] = DEFAULT_STEPS,
-    bs_d: int = 96,
-    lr: float = 1e-3,
-    augmentation: str = "flip_rotate",
-    seed: int = 0,
-    arch_kwargs: dict | None = None,
+    protocol: EvalProtocol = EvalProtocol(),
+    *,
     device: str | torch.device = "cpu",
     progress: bool = True,
     with_hard_labels: bool = True,
-    aug_mode: str = "single",
     vectorize: bool | None = None,
-    backend: str = "auto",
     resume_dir: str | os.PathLike | None = None,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> dict:
@@ -257,6 +305,7 @@ def evaluate_distilled(
     on_step(kind, step, total) follows progress.
     """
     _check_real(real)
+    p = _check_protocol(protocol)
     x_syn = _check_images("x_syn", x_syn)
     num_classes, (h, w) = len(real.classes), _hw(real.image_size)
     if tuple(x_syn.shape[1:]) != (int(real.channels), h, w):
@@ -265,31 +314,29 @@ def evaluate_distilled(
     y_syn = _check_soft_labels(y_syn, x_syn.shape[0])
     if y_syn.shape[1] != num_classes:
         raise PoddError(f"y_syn has {y_syn.shape[1]} classes, the real data {num_classes}")
-    protocol = {
-        "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "num_models": int(num_models),
-        "steps": list(_check_steps(steps)), "bs_d": int(bs_d), "lr": float(lr),
+    record = {
+        "arch": p.arch, "arch_kwargs": p.arch_kwargs, "num_models": p.num_models,
+        "steps": list(p.steps), "bs_d": p.bs_d, "lr": p.lr,
         "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-8), no weight decay, no schedule",
-        "loss": "soft-label cross-entropy", "augmentation": augmentation, "aug_mode": aug_mode,
+        "loss": "soft-label cross-entropy", "augmentation": p.augmentation, "aug_mode": p.aug_mode,
         "batches": "per model, per step: min(bs_d, n_syn) distinct random synthetic images",
-        "seed": int(seed), "std": STD_NOTE, "accuracy_unit": "percent",
+        "seed": p.seed, "std": STD_NOTE, "accuracy_unit": "percent",
         "selection": "none: accuracies reported at fixed steps, nothing chosen on the test set",
         "n_syn": int(x_syn.shape[0]), "n_test": int(real.x_test.shape[0]),
         "num_classes": num_classes, "channels": int(real.channels), "image_size": [h, w],
     }
-    kw = dict(arch=arch, num_models=num_models, steps=steps, bs_d=bs_d, lr=lr,
-              augmentation=augmentation, seed=seed, arch_kwargs=arch_kwargs, device=device,
-              progress=progress, aug_mode=aug_mode, vectorize=vectorize, backend=backend)
+    kw = dict(device=device, progress=progress, vectorize=vectorize)
 
     def phase(kind: str) -> dict:
         """One label kind's result, kept in resume_dir when given."""
         hook = None if on_step is None else (lambda step, total: on_step(kind, step, total))
         if resume_dir is None:
-            return train_and_test(x_syn, y_syn, real.x_test, real.y_test, hard_labels=kind == "hard",
+            return train_and_test(x_syn, y_syn, real.x_test, real.y_test, p, hard_labels=kind == "hard",
                                   on_step=hook, **kw)
         done, state = Path(resume_dir) / f"eval-{kind}.json", Path(resume_dir) / f"eval-{kind}.pt"
         if done.exists():
             return json.loads(done.read_text())
-        out = train_and_test(x_syn, y_syn, real.x_test, real.y_test, hard_labels=kind == "hard",
+        out = train_and_test(x_syn, y_syn, real.x_test, real.y_test, p, hard_labels=kind == "hard",
                              state_path=state, on_step=hook, **kw)
         atomic_write_json(done, out)
         state.unlink(missing_ok=True)
@@ -297,14 +344,19 @@ def evaluate_distilled(
 
     soft = phase("soft")
     hard = phase("hard") if with_hard_labels else None
-    return {"protocol": protocol, "soft": soft, "hard": hard}
+    return {"protocol": record, "soft": soft, "hard": hard}
 
 
-def protocol_from_config(cfg: dict) -> dict:
-    """evaluate_distilled's protocol keywords from a run's config (architecture, K, steps, bs_d, augmentation, seed, backend)."""
-    return dict(arch=cfg["arch"], num_models=cfg["eval_models"], steps=tuple(cfg["eval_steps"]), bs_d=cfg["bs_d"],
-                augmentation=cfg["syn_aug"], seed=cfg["seed"], backend=cfg.get("backend", "auto"),
-                arch_kwargs={"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]})
+def protocol_from_config(cfg: dict) -> EvalProtocol:
+    """A run's evaluation protocol: its network, K = eval_models, eval_steps, bs_d, syn_aug, seed and backend.
+
+    The learning rate, augmentation mode and the GPU levers keep EvalProtocol's defaults: the config's
+    compile_steps and autocast are the distillation's.
+    """
+    return EvalProtocol(arch=cfg["arch"], num_models=cfg["eval_models"], steps=tuple(cfg["eval_steps"]),
+                        bs_d=cfg["bs_d"], augmentation=cfg["syn_aug"], seed=cfg["seed"],
+                        backend=cfg.get("backend", "auto"), width=cfg["width"], depth=cfg["depth"],
+                        norm=cfg["norm"], pool=cfg["pool"])
 
 
 def random_real_subset(

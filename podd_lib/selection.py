@@ -43,7 +43,7 @@ def training_set_score(cfg: dict, x: Tensor, y: Tensor, real, device: str = "cpu
 
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        out = train_and_test(x, y, real.x_train, real.y_train, **protocol_from_config(cfg), device=dev, progress=False)
+        out = train_and_test(x, y, real.x_train, real.y_train, protocol_from_config(cfg), device=dev, progress=False)
     by_step = [{"step": r["step"], "train_acc_pct": r["mean_pct"]} for r in out["by_step"]]
     return {"score": max(r["train_acc_pct"] for r in by_step), "by_step": by_step}
 

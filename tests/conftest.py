@@ -12,36 +12,17 @@ from typing import Iterator
 import pytest
 import torch
 
+from tests.helpers import CIFAR10_ZIP, download_cache, download_cifar10
+
 # Test tensors are tiny: extra threads only add overhead (and, on a shared 2-core machine,
 # oversubscription). PODD_NUM_THREADS overrides.
 torch.set_num_threads(int(os.environ.get("PODD_NUM_THREADS", "1")))
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CIFAR10_ZIP = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
 
 
 def _has_cifar10(root: Path) -> bool:
     """True when root holds cifar10/{train,test}/<class>/ or torchvision's cifar10/cifar-10-batches-py/."""
     folder = root / "cifar10"
     return ((folder / "train").is_dir() and (folder / "test").is_dir()) or (folder / "cifar-10-batches-py").is_dir()
-
-
-def download_cache() -> Path:
-    """Where a clone without the shared copy keeps its downloaded CIFAR-10: $PODD_TEST_CACHE, else ~/.cache/podd-kit."""
-    return Path(os.environ.get("PODD_TEST_CACHE") or Path.home() / ".cache" / "podd-kit").expanduser()
-
-
-def download_cifar10(cache: Path) -> Path:
-    """Fetch CIFAR-10 through the kit's own loader (torchvision) into cache; one-line failure when offline."""
-    from podd_lib.data import load_raw
-    from podd_lib.errors import PoddError
-
-    try:
-        load_raw("cifar10", data_root=cache, download=True, train_per_class=1, test_per_class=1, cache=False)
-    except PoddError as e:
-        pytest.fail(f"real CIFAR-10 not found and could not be downloaded ({e}); set PODD_CIFAR10_ROOT to a data "
-                    f"root with cifar10/{{train,test}}/ or provide {CIFAR10_ZIP}", pytrace=False)
-    return cache
 
 
 def _unpack(zip_path: Path, dest: Path) -> Path:

@@ -19,6 +19,7 @@ import shutil
 import statistics
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -156,10 +157,10 @@ def load_real(cfg: dict, data_root: str | None = None):
 
 
 def _eval_kwargs(cfg: dict, device: str) -> dict:
-    """evaluate_distilled keyword arguments from a config."""
+    """evaluate_distilled's protocol (from the config), device and progress, as keyword arguments."""
     from ..evaluate import protocol_from_config
 
-    return {**protocol_from_config(cfg), "device": device, "progress": progress_enabled()}
+    return {"protocol": protocol_from_config(cfg), "device": device, "progress": progress_enabled()}
 
 
 def summarize_eval(ev: dict) -> dict:
@@ -317,7 +318,7 @@ def full_data_baseline(
     report: Report | None = None,
 ) -> dict:
     """The same network trained on the whole (profile-sliced) training set; cached."""
-    from ..evaluate import full_dataset_baseline
+    from ..evaluate import full_dataset_baseline, protocol_from_config
 
     cfg = resolve_config(dataset, 1.0, profile, overrides or {})
     ep = epochs if epochs is not None else cfg["full_epochs"]
@@ -334,11 +335,11 @@ def full_data_baseline(
         return missing_result(folder, base)
     real = load_real(cfg, data_root)
     dev = device_name(device)
+    net = protocol_from_config(cfg)  # the same network as the distilled sets' evaluation
     r = full_dataset_baseline(
-        real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes), arch=cfg["arch"],
+        real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes), arch=net.arch,
         epochs=ep, augmentation=cfg["real_aug"], seed=cfg["seed"], device=dev,
-        progress=progress_enabled(),
-        arch_kwargs={"width": cfg["width"], "depth": cfg["depth"], "norm": cfg["norm"], "pool": cfg["pool"]},
+        progress=progress_enabled(), arch_kwargs=net.arch_kwargs,
         state_path=folder / "eval-progress" / "full.pt",
         on_step=None if report is None else (lambda k, n: report("train full", k, n)),
     )
@@ -436,7 +437,8 @@ def cross_arch_run(
     else:
         x, y = random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=ipc, seed=cfg["seed"])
     dev = device_name(device)
-    kw = {**_eval_kwargs(cfg, dev), "arch": arch, "num_models": int(num_models), "steps": tuple(steps)}
+    kw = _eval_kwargs(cfg, dev)
+    kw["protocol"] = replace(kw["protocol"], arch=arch, num_models=int(num_models), steps=tuple(steps))
     ev = evaluate_distilled(x, y, real, **kw, with_hard_labels=False, resume_dir=folder / "eval-progress",
                             on_step=None if report is None else (lambda k, s, n: report(f"eval {arch} {k}", s, n)))
     result = {**base, "eval": ev, "summary": summarize_eval(ev), "computed_on": computed_on(dev)}

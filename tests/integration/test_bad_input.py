@@ -20,28 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from tests.helpers import make_imagefolder
 
 RUN_FLAGS = ["--set", "bs=8", "--no-zca"]  # the fixture run: small and quick
 FAIL_WITHIN = 10.0  # seconds on an idle machine; scaled up by the reference command's time on a busy one
 DURATIONS: dict[str, float] = {}
 MESSAGES: dict[str, str] = {}
-
-
-def make_imagefolder(root: Path, n_classes: int = 4, per_class: int = 6, empty_train: tuple[str, ...] = ()) -> Path:
-    """A tiny ImageFolder of 32x32 PNGs: root/{train,test}/class<c>/<i>.png."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("test", 2)):
-        for c in range(n_classes):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            if split == "train" and d.name in empty_train:
-                continue
-            for i in range(n):
-                Image.fromarray((rng.random((32, 32, 3)) * 80 + c * 40).astype(np.uint8)).save(d / f"{i}.png")
-    return root
 
 
 def podd(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 120) -> tuple[int, str, str, float]:

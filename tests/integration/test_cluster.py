@@ -99,12 +99,12 @@ def test_progress_line_counts_steps_and_estimates_what_is_left():
 
 
 def test_an_interrupted_evaluation_continues_with_the_same_result(tmp_path):
-    from podd_lib.evaluate import train_and_test
+    from podd_lib.evaluate import EvalProtocol, train_and_test
 
     g = torch.Generator().manual_seed(0)
     x, xt = torch.randn(20, 3, 8, 8, generator=g), torch.randn(30, 3, 8, 8, generator=g)
     y, yt = torch.softmax(torch.randn(20, 4, generator=g), -1), torch.randint(0, 4, (30,), generator=g)
-    kw = dict(num_models=2, steps=(10, 20), bs_d=8, arch_kwargs={"width": 4, "depth": 1}, progress=False)
+    kw = dict(protocol=EvalProtocol(num_models=2, steps=(10, 20), bs_d=8, width=4, depth=1), progress=False)
     straight = train_and_test(x, y, xt, yt, **kw)
 
     def stop(step: int, total: int) -> None:

@@ -1,7 +1,6 @@
 """The PoDD outer loop: outputs, checkpoint and resume, NaN handling, config resolution."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,23 +9,8 @@ from podd_lib.algorithms.base import RealSampler
 from podd_lib.config import parse_sets, resolve_config
 from podd_lib.run import distill, load_run
 from podd_lib.errors import PoddError
+from tests.helpers import ORDER, fake_real, tiny_cfg
 
-ORDER = [[9, 0, 2, 4, 3], [1, 8, 6, 7, 5]]
-
-
-def fake_real(n_per_class=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(10).repeat_interleave(n_per_class)
-    x = torch.randn(len(y), 3, 32, 32, generator=g) + y.view(-1, 1, 1, 1) * 0.1
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    return SimpleNamespace(x_train=x, y_train=y, x_test=x[:20], y_test=y[:20], classes=classes,
-                           image_size=(32, 32), channels=3)
-
-
-def tiny_cfg(**over):
-    base = {"width": 4, "steps": 4, "checkpoint_every": 1, "bs": 16, "patch_grid": [6, 2]}
-    base.update(over)
-    return resolve_config("cifar10", 0.5, "smoke", base)
 
 
 def test_resume_gives_the_same_poster_as_an_uninterrupted_run(tmp_path):

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -174,16 +175,17 @@ def test_compiled_vmapped_evaluation_step_matches_the_eager_step():
 
 
 def test_evaluation_follows_the_backend_rule():
-    from podd_lib.evaluate import train_and_test
+    from podd_lib.evaluate import EvalProtocol, train_and_test
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 3, 32, 32, generator=g), torch.softmax(torch.randn(8, 10, generator=g), -1)
     xt, yt = torch.randn(10, 3, 32, 32, generator=g), torch.randint(0, 10, (10,), generator=g)
-    kw = dict(num_models=2, steps=(2,), arch_kwargs={"width": 8}, progress=False, vectorize=False)
-    fast = train_and_test(x, y, xt, yt, **kw)
-    ref = train_and_test(x, y, xt, yt, backend="reference", **kw)
+    p = EvalProtocol(num_models=2, steps=(2,), width=8)
+    kw = dict(progress=False, vectorize=False)
+    fast = train_and_test(x, y, xt, yt, p, **kw)
+    ref = train_and_test(x, y, xt, yt, replace(p, backend="reference"), **kw)
     assert fast["backend"] == "fast" and ref["backend"] == "reference"
-    assert train_and_test(x, y, xt, yt, autocast="bfloat16", **kw)["backend"] == "reference"
+    assert train_and_test(x, y, xt, yt, replace(p, autocast="bfloat16"), **kw)["backend"] == "reference"
     assert abs(fast["final"]["mean_pct"] - ref["final"]["mean_pct"]) < 1e-9  # same maths
     with pytest.raises(PoddError, match="backend must be one of"):
-        train_and_test(x, y, xt, yt, backend="turbo", **kw)
+        replace(p, backend="turbo")

@@ -11,8 +11,7 @@ import torch
 
 from podd_lib.cli import build_parser, main
 from podd_lib.errors import PoddError
-
-from test_bad_input import make_imagefolder
+from tests.helpers import make_imagefolder
 
 
 def run(capsys, *argv):
@@ -108,18 +107,18 @@ def test_a_failed_download_leaves_no_data_folder(tmp_path, monkeypatch):
 def test_tests_without_shared_data_download_or_say_what_to_set(tmp_path, monkeypatch):
     import torchvision
 
-    import conftest
+    from tests import helpers
 
     def offline(*a, **k):
         raise RuntimeError("network unreachable")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(pytest.fail.Exception) as info:
-        conftest.download_cifar10(tmp_path / "cache")
+        helpers.download_cifar10(tmp_path / "cache")
     msg = str(info.value)
     assert "PODD_CIFAR10_ROOT" in msg and "\n" not in msg and not (tmp_path / "cache").exists()
     monkeypatch.setenv("PODD_TEST_CACHE", str(tmp_path / "c2"))
-    assert conftest.download_cache() == tmp_path / "c2"
+    assert helpers.download_cache() == tmp_path / "c2"
 
 
 def test_config_file_and_set_go_through_one_schema(tmp_path):

@@ -7,8 +7,7 @@ import torch
 import podd_lib.selection as selection
 from podd_lib.config import resolve_config
 from podd_lib.run import distill, load_run
-
-from test_distill import ORDER, fake_real, tiny_cfg
+from tests.helpers import ORDER, fake_real, tiny_cfg
 
 
 def rows(run) -> list[dict]:

@@ -17,7 +17,7 @@ from podd_lib.algorithms.mtt import (ExpertSettings, MTTSettings, TrajectoryMatc
                           mtt_loss, unflatten_params)
 from podd_lib.poddl import PosterLabels
 from podd_lib.poster import extract_patches, init_from_images, make_geometry, tiling_geometry
-from tests.integration.test_distill import ORDER, fake_real, tiny_cfg
+from tests.helpers import ORDER, fake_real, tiny_cfg
 
 
 def small_syn(learned=False, seed=0):

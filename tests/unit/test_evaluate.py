@@ -1,6 +1,6 @@
 """Evaluation protocol on tiny toy data: vmapped = sequential training, learning, baselines, JSON."""
 
-import inspect
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from podd_lib.errors import PoddError
 from podd_lib.algorithms.base import soft_cross_entropy
-from podd_lib.evaluate import evaluate_distilled, full_dataset_baseline, random_real_subset, save_eval, train_and_test
+from podd_lib.evaluate import (EvalProtocol, evaluate_distilled, full_dataset_baseline, protocol_from_config,
+                               random_real_subset, save_eval, train_and_test)
 from podd_lib.training import eval_rng, hardened, random_batches
 from podd_lib.models import make_model, stacked_fresh
 
@@ -44,10 +45,9 @@ def test_vmapped_equals_sequential_and_plain_torch_adam():
     x, y = blobs(24, dtype=torch.float64)  # float64: conv biases before instance norm get pure
     xt, yt = blobs(64, seed=1, dtype=torch.float64)  # rounding-noise gradients that Adam amplifies
     ys = F.one_hot(y, 2).double() * 0.8 + 0.1
-    kw = dict(num_models=3, steps=(4, 8), bs_d=8, arch_kwargs=TINY, progress=False,
-              return_params=True, seed=3)
-    vec = train_and_test(x, ys, xt, yt, vectorize=True, **kw)
-    seq = train_and_test(x, ys, xt, yt, vectorize=False, **kw)
+    p = EvalProtocol(num_models=3, steps=(4, 8), bs_d=8, seed=3, **TINY)
+    vec = train_and_test(x, ys, xt, yt, p, vectorize=True, progress=False, return_params=True)
+    seq = train_and_test(x, ys, xt, yt, p, vectorize=False, progress=False, return_params=True)
     assert vec["vectorized"] and not seq["vectorized"]
     for n in vec["params"]:
         torch.testing.assert_close(vec["params"][n], seq["params"][n], atol=1e-5, rtol=1e-5)
@@ -77,8 +77,7 @@ def test_vmapped_equals_sequential_and_plain_torch_adam():
 def test_batchnorm_falls_back_to_a_loop_and_updates_running_stats():
     x, y = blobs(16)
     xt, yt = blobs(32, seed=1)
-    kw = dict(num_models=2, steps=(3,), bs_d=8, progress=False, seed=1,
-              arch_kwargs={"width": 8, "norm": "batch"})
+    kw = dict(protocol=EvalProtocol(num_models=2, steps=(3,), bs_d=8, seed=1, width=8, norm="batch"), progress=False)
     auto = train_and_test(x, F.one_hot(y, 2).float(), xt, yt, return_params=True, **kw)
     assert auto["vectorized"] is False and auto["training"] == "loop over models"
     assert auto["buffers"]["features.1.num_batches_tracked"].tolist() == [3, 3]
@@ -90,8 +89,8 @@ def test_batchnorm_falls_back_to_a_loop_and_updates_running_stats():
 def test_learns_a_separable_toy_set():
     x, y = blobs(40)
     xt, yt = blobs(200, seed=1)
-    res = train_and_test(x, F.one_hot(y, 2).float(), xt, yt, num_models=2, steps=(30,), bs_d=16,
-                         arch_kwargs=TINY, progress=False)
+    res = train_and_test(x, F.one_hot(y, 2).float(), xt, yt, EvalProtocol(num_models=2, steps=(30,), bs_d=16, **TINY),
+                         progress=False)
     assert res["final"]["mean_pct"] > 90.0
 
 
@@ -100,11 +99,11 @@ def test_evaluate_distilled_protocol_soft_hard_and_json(tmp_path):
     xt, yt = blobs(40, seed=1)
     real = ToyReal(xt, yt, x, y)
     ys = torch.softmax(torch.randn(12, 2, generator=torch.Generator().manual_seed(0)), -1)
-    res = evaluate_distilled(x, ys, real, num_models=2, steps=(2, 4), bs_d=6, arch_kwargs=TINY,
-                             progress=False)
+    res = evaluate_distilled(x, ys, real, EvalProtocol(num_models=2, steps=(4, 2, 4), bs_d=6, **TINY), progress=False)
     assert set(res) == {"protocol", "soft", "hard"}
     p = res["protocol"]
     assert p["num_models"] == 2 and p["steps"] == [2, 4] and p["std"].endswith("(ddof=0)")
+    assert p["arch_kwargs"] == TINY and p["bs_d"] == 6 and p["lr"] == 1e-3 and p["seed"] == 0
     assert p["selection"].startswith("none")
     assert res["hard"] is not None and res["hard"]["labels"].startswith("hard")
     assert [s["step"] for s in res["soft"]["by_step"]] == [2, 4]
@@ -113,7 +112,7 @@ def test_evaluate_distilled_protocol_soft_hard_and_json(tmp_path):
         assert len(s["acc_pct"]) == 2 and s["std_pct"] == pytest.approx(float(acc.std(correction=0)))
     out = save_eval(res, tmp_path / "eval.json")
     assert json.loads(out.read_text())["protocol"]["arch"] == "convnet"
-    no_hard = evaluate_distilled(x, ys, real, num_models=1, steps=(1,), bs_d=4, arch_kwargs=TINY,
+    no_hard = evaluate_distilled(x, ys, real, EvalProtocol(num_models=1, steps=(1,), bs_d=4, **TINY),
                                  progress=False, with_hard_labels=False)
     assert no_hard["hard"] is None
 
@@ -162,15 +161,21 @@ def test_bad_input_raises_before_compute():
     x, y = blobs(8)
     ys = F.one_hot(y, 2).float()
     with pytest.raises(PoddError, match="unknown architecture"):
-        train_and_test(x, ys, x, y, arch="lenet", progress=False)
+        train_and_test(x, ys, x, y, EvalProtocol(arch="lenet"), progress=False)
     with pytest.raises(PoddError, match="unknown augmentation op"):
-        train_and_test(x, ys, x, y, augmentation="blur", progress=False)
+        EvalProtocol(augmentation="blur")
+    with pytest.raises(PoddError, match="must be an EvalProtocol"):
+        train_and_test(x, ys, x, y, {"steps": (1,)}, progress=False)
     with pytest.raises(PoddError, match="y_syn must be"):
         train_and_test(x, y, x, y, progress=False)
     with pytest.raises(PoddError, match="labels outside"):
         train_and_test(x, ys, x, y + 5, progress=False)
     with pytest.raises(PoddError, match="steps must be"):
-        train_and_test(x, ys, x, y, steps=(0,), progress=False)
+        EvalProtocol(steps=(0,))
+    with pytest.raises(PoddError, match="batch size >= 1"):
+        EvalProtocol(bs_d=0)
+    with pytest.raises(PoddError, match="width must be int"):
+        EvalProtocol(width="wide")
     with pytest.raises(PoddError, match="differ from x_syn"):
         train_and_test(x, ys, x[:, :1], y, progress=False)
     with pytest.raises(PoddError, match="lacks attribute"):
@@ -188,8 +193,8 @@ def test_channels_last_loop_gives_the_same_models_and_accuracy(monkeypatch):
     x, y = blobs(24, dtype=torch.float64)
     xt, yt = blobs(64, seed=1, dtype=torch.float64)
     ys = F.one_hot(y, 2).double() * 0.8 + 0.1
-    kw = dict(num_models=2, steps=(6,), bs_d=8, arch_kwargs=TINY, progress=False, return_params=True,
-              seed=5, vectorize=False)
+    kw = dict(protocol=EvalProtocol(num_models=2, steps=(6,), bs_d=8, seed=5, **TINY), progress=False,
+              return_params=True, vectorize=False)
     on = train_and_test(x, ys, xt, yt, **kw)
     monkeypatch.setattr(ev, "CHANNELS_LAST", False)
     off = train_and_test(x, ys, xt, yt, **kw)
@@ -198,13 +203,37 @@ def test_channels_last_loop_gives_the_same_models_and_accuracy(monkeypatch):
     assert on["by_step"][-1]["acc_pct"] == off["by_step"][-1]["acc_pct"]
 
 
-def test_protocol_from_config_maps_the_run_config_to_the_protocol():
+def test_the_quick_profile_gives_its_protocol():
     from podd_lib.config import resolve_config
-    from podd_lib.evaluate import protocol_from_config
 
-    cfg = resolve_config("cifar10", 1.0, "quick", {"backend": "reference", "seed": 3})
+    cfg = resolve_config("cifar10", 1.0, "quick")
     p = protocol_from_config(cfg)
-    assert p["num_models"] == cfg["eval_models"] == 4 and p["steps"] == (300,) and p["bs_d"] == 96
-    assert p["augmentation"] == "flip_rotate" and p["seed"] == 3 and p["backend"] == "reference"
-    assert p["arch_kwargs"] == {"width": 32, "depth": 3, "norm": "instance", "pool": "avg"}
-    assert set(p) <= set(inspect.signature(evaluate_distilled).parameters)
+    assert isinstance(p, EvalProtocol)
+    assert dataclasses.asdict(p) == {
+        "arch": "convnet", "num_models": 4, "steps": (300,), "bs_d": 96, "lr": 1e-3, "augmentation": "flip_rotate",
+        "aug_mode": "single", "seed": 0, "width": 32, "depth": 3, "norm": "instance", "pool": "avg",
+        "backend": "auto", "compile_steps": "none", "autocast": "none"}
+    assert p.arch_kwargs == {"width": 32, "depth": 3, "norm": "instance", "pool": "avg"}
+
+
+def test_protocol_from_config_follows_the_run_config():
+    from podd_lib.config import resolve_config
+
+    cfg = resolve_config("cifar10", 1.0, "quick", {"backend": "reference", "seed": 3, "eval_steps": [600, 300],
+                                                   "eval_models": 2, "width": 16, "syn_aug": "flip"})
+    p = protocol_from_config(cfg)
+    assert (p.backend, p.seed, p.steps, p.num_models, p.width, p.augmentation) == ("reference", 3, (300, 600), 2, 16,
+                                                                                   "flip")
+
+
+def test_the_protocol_is_frozen_and_has_no_other_fields():
+    p = EvalProtocol()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.num_models = 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.eval_steps = (5,)  # not a field: cannot be added either
+    with pytest.raises(TypeError):
+        EvalProtocol(eval_steps=(5,))
+    assert dataclasses.replace(p, num_models=2).num_models == 2 and p.num_models == 8
+    assert EvalProtocol(steps=[600, 300, 600]).steps == (300, 600) == EvalProtocol(steps=(300, 600)).steps
+    assert EvalProtocol(width=4).arch_kwargs == {"width": 4} and EvalProtocol().arch_kwargs == {}

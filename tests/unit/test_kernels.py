@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from podd_lib.fast import kernels
 from podd_lib import models as M
 from podd_lib.fast import block as B
-from tests.unit.test_ratbptt import small_meta_grad
+from tests.helpers import small_meta_grad
 
 CL = torch.channels_last
 

@@ -17,7 +17,7 @@ from podd_lib.kit.experiments import config_key
 from podd_lib.fast import resolve_backend
 from podd_lib.models import InstanceNorm
 from podd_lib.run import apply_backend, build_problem, distill, model_for
-from tests.integration.test_distill import ORDER, fake_real, tiny_cfg
+from tests.helpers import ORDER, fake_real, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,6 +11,7 @@ from podd_lib.poddl import PosterLabels
 from podd_lib.poster import make_geometry
 from podd_lib.algorithms.base import clip_by_ema, make_outer_state, soft_cross_entropy
 from podd_lib.algorithms.ratbptt import RatBpttSettings, inner_steps, outer_step
+from tests.helpers import small_meta_grad
 
 
 def tiny_net(dtype=torch.float32, norm="instance"):
@@ -190,23 +191,6 @@ def test_fused_block_gives_the_same_poster_after_three_outer_steps(monkeypatch, 
     assert torch.allclose(p0, p1, rtol=1e-9, atol=1e-10) and torch.allclose(y0, y1, rtol=1e-9, atol=1e-10)
     assert not torch.allclose(p0, torch.randn(1, 8, 16, dtype=torch.float64,
                                               generator=torch.Generator().manual_seed(1)), atol=1e-4)  # it moved
-
-
-def small_meta_grad(net: torch.nn.Module, channels: int) -> torch.Tensor:
-    """The flat meta-gradient (poster, then Y) of one float32 channels-last RaT-BPTT step on a 2-class 8x8 poster."""
-    from podd_lib.algorithms.base import RealSampler, SyntheticSet
-    from podd_lib.algorithms.ratbptt import RatBptt
-
-    geom = make_geometry(1.0, 2, (8, 8), (2, 1), (3, 1))
-    labels = PosterLabels([[0, 1]], geom, learned=True)
-    s = RatBpttSettings(window=3, totwindow=5, bs_d=3, bs=24, inner_lr=0.01, real_chunk=10, channels_last=True)
-    poster = torch.randn(channels, 8, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
-    Y = labels.Y.clone().requires_grad_(True)
-    g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(40, channels, 8, 8, generator=g), torch.randint(0, 2, (40,), generator=g)
-    loss, _ = RatBptt(net, s).meta_loss(SyntheticSet(poster, Y, labels, geom), RealSampler(x, y, 2),
-                                        torch.Generator().manual_seed(3), 0)
-    return torch.cat([t.flatten() for t in torch.autograd.grad(loss, (poster, Y))])
 
 
 def test_bfloat16_convolutions_keep_the_meta_gradient_close():

@@ -13,8 +13,7 @@ from podd_lib.config import PROFILES, TEXT_OR_RELEASE, resolve_config
 from podd_lib.errors import PoddError
 from podd_lib.kit.experiments import config_key
 from podd_lib.run import distill
-
-from test_distill import ORDER, fake_real, tiny_cfg
+from tests.helpers import ORDER, fake_real, tiny_cfg
 
 RELEASE = {"init": "class_areas", "curriculum_draw": "epoch", "clip_order": "release", "real_batches": "epochs",
            "keep": "best_train", "fixed_labels_form": "softmax"}
