@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_imagefolder
+from tests.helpers import Payload, make_imagefolder, plant_payload
 
 RUN_FLAGS = ["--set", "bs=8", "--no-zca"]  # the fixture run: small and quick
 FAIL_WITHIN = 10.0  # seconds on an idle machine; scaled up by the reference command's time on a busy one
@@ -53,25 +53,6 @@ def snapshot(root: Path) -> dict[str, str]:
                 continue
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest() + oct(p.stat().st_mode)
     return out
-
-
-class Payload:
-    """A pickle payload: loading it with plain pickle creates the folder `marker` (proof that code ran)."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
-
-
-def plant_payload(path: Path, marker: Path, key: str) -> None:
-    """Rewrite a kit file (poster.pt, checkpoint.pt) with a payload object under key, keeping its other entries."""
-    import torch
-
-    data = torch.load(path, weights_only=True)
-    data[key] = Payload(marker)
-    torch.save(data, path)
 
 
 def make_bad_class_name(root: Path) -> None:

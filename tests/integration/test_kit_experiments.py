@@ -150,7 +150,7 @@ def test_plans_shrink_under_smoke_only(monkeypatch):
 def test_an_architecture_evaluation_is_cached_beside_its_set(tmp_path, monkeypatch):
     import podd_lib.evaluate as evaluate
     from podd_lib.kit.plan import PlanSession
-    from tests.integration.test_distill import fake_real
+    from tests.helpers import fake_real
 
     monkeypatch.setattr(experiments, "load_real", lambda cfg, data_root=None: fake_real())
     over = {"seed": 0, "steps": 1}

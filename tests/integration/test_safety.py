@@ -150,7 +150,7 @@ def test_the_kit_never_unpickles_code():
 def test_safe_load_refuses_code_and_names_the_file(tmp_path):
     from podd_lib.safety import load_torch_file
 
-    from test_bad_input import Payload
+    from tests.helpers import Payload
 
     torch.save({"poster": torch.zeros(3), "x": Payload(tmp_path / "PWNED")}, tmp_path / "poster.pt")
     with pytest.raises(PoddError, match=r"poster.pt holds objects other than tensors"):

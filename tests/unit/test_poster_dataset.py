@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from podd_lib.errors import PoddError
 from podd_lib.export import export_run, poster_dataset
 from podd_lib.run import distill, load_run
-from tests.integration.test_distill import ORDER, fake_real, tiny_cfg
+from tests.helpers import ORDER, fake_real, tiny_cfg
 
 
 @pytest.fixture(scope="module")

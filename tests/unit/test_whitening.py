@@ -12,7 +12,7 @@ from podd_lib.config import resolve_config
 from podd_lib.data import load_for_config
 from podd_lib.errors import PoddError
 
-from test_bad_input import make_imagefolder
+from tests.helpers import make_imagefolder
 
 
 @pytest.fixture()
