@@ -184,3 +184,19 @@ def test_cross_architecture_claim_follows_the_shared_rule(monkeypatch):
     monkeypatch.setattr(claims, "paired", rule)
     assert claims.posters_across_architectures(cross_arch())[0]["verdict"] == "not shown"
     assert seen == [(25.0, 22.0)]
+
+
+def probe_row(name, rep, seed, acc):
+    """One row of benchmarks/probes.jsonl."""
+    return {"probe": name, "representation": rep, "seed": seed, "acc_mean": acc}
+
+
+def test_cpu_scale_statement_is_computed_from_the_probes():
+    wins = [probe_row("w", "poster", s, 30.0 + s / 10) for s in range(3)] + [probe_row("w", "tiling", s, 28.0) for s in range(3)]
+    loses = [probe_row("l", "poster", s, 27.0) for s in range(3)] + [probe_row("l", "tiling", s, 28.0 + s) for s in range(3)]
+    two = [probe_row("t", "poster", s, 40.0) for s in range(2)] + [probe_row("t", "tiling", s, 20.0) for s in range(2)]
+    assert "beats its tiling by the rule in w." in claims.cpu_scale_statement(wins + loses + two)
+    text = claims.cpu_scale_statement(loses + two)
+    assert "2 probes, 1 of them with at least 3 paired seeds" in text and "do not show at CPU scale" in text
+    assert claims.GPU_COMMAND in text and claims.GPU_COMMAND in claims.cpu_scale_statement([])
+    assert claims.probe_gaps(two)["t"].verdict == "too few seeds"
