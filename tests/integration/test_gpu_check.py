@@ -150,7 +150,9 @@ def test_compiled_plain_steps_trace_and_match_the_eager_steps():
     assert not torch.equal(out["eager"]["classifier.weight"], p0["classifier.weight"])
     for k in out["eager"]:
         if k not in conv_bias:
-            torch.testing.assert_close(out["compiled"][k], out["eager"][k], rtol=1e-5, atol=1e-6)
+            # atol 1e-5: Adam divides by the gradient's root mean square, so a weight whose gradient is
+            # near rounding noise moves a few 1e-6 either way (seen under a loaded machine: 1.3e-6)
+            torch.testing.assert_close(out["compiled"][k], out["eager"][k], rtol=1e-5, atol=1e-5)
 
 
 def test_compiled_vmapped_evaluation_step_matches_the_eager_step():
