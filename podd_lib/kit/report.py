@@ -32,7 +32,8 @@ PROFILE_MEANING = {
              "podd_lib/configs/profiles.toml). Expect lower accuracies than the paper.",
     "cpu-long": "the cpu-long profile: the quick profile at the paper's width (128 filters) with learned labels at "
                 "every IPC (the paper: fixed labels from 0.7 IPC up on CIFAR-10), the cheapest setting probed on a CPU "
-                "where the poster beats the tiling (benchmarks/probes.md). Expect lower accuracies than the paper.",
+                "where the poster beat the tiling on two seeds, not by the paired rule over three (benchmarks/probes.md). "
+                "Expect lower accuracies than the paper.",
     "paper": "the paper profile: the paper's settings, run as the authors' release runs them (the release "
              "produced the paper's numbers: class-area init, one curriculum draw per epoch, its clipping "
              "order, epoch-walk real batches; meant for a GPU).",
