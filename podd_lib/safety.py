@@ -83,19 +83,27 @@ def _command_line() -> str:
     return " ".join([prog, *argv[1:]])[:200]
 
 
-def check_unlocked(folder: Path, flag: str = "--out") -> None:
-    """Fail in one line, naming the writer, when another process holds the folder's lock (nothing is changed)."""
+def _acquire(folder: Path, flag: str):
+    """FOLDER's lock, taken without waiting; held by another process: one line naming it."""
     from filelock import FileLock, Timeout
 
     lock_path = Path(folder) / LOCK
-    if str(Path(folder).resolve()) in _HELD or not lock_path.is_file():
-        return
     lock = FileLock(str(lock_path), timeout=0)
     try:
         lock.acquire()
     except Timeout:
         raise PoddError(f"{flag} {folder} is being written by {_lock_owner(lock_path)}; wait for it to finish "
                         f"or choose another {flag}") from None
+    return lock
+
+
+def check_unlocked(folder: Path, flag: str = "--out") -> None:
+    """Fail in one line, naming the writer, when another process holds the folder's lock (nothing is changed)."""
+    lock_path = Path(folder) / LOCK
+    if str(Path(folder).resolve()) in _HELD or not lock_path.is_file():
+        return
+    try:
+        lock = _acquire(folder, flag)
     except OSError:  # a lock file we cannot open: the writable checks name the problem
         return
     lock.release()
@@ -104,8 +112,6 @@ def check_unlocked(folder: Path, flag: str = "--out") -> None:
 @contextlib.contextmanager
 def folder_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
     """Hold FOLDER/.podd-kit.lock while writing the folder; a second writer fails in one line naming the first."""
-    from filelock import FileLock, Timeout
-
     folder = Path(folder)
     key = str(folder.resolve())
     if key in _HELD:  # this process already writes the folder
@@ -114,12 +120,7 @@ def folder_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK
-    lock = FileLock(str(lock_path), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise PoddError(f"{flag} {folder} is being written by {_lock_owner(lock_path)}; wait for it to finish "
-                        f"or choose another {flag}") from None
+    lock = _acquire(folder, flag)
     try:
         command = _command_line()
         with open(lock_path, "w", encoding="utf-8") as f:  # the lock is on the open file, not its contents

@@ -64,10 +64,10 @@ def main() -> int:
     from podd_lib.determinism import cpu_model
 
     if a.write:
+        from podd_lib.io import atomic_write_json
+
         now = fingerprint(a.data_root)
-        tmp = RECORD.with_suffix(".tmp")
-        tmp.write_text(json.dumps(now, indent=1) + "\n")
-        os.replace(tmp, RECORD)
+        atomic_write_json(RECORD, now)
         print(f"reference run: recorded in {RECORD.relative_to(REPO)} ({now['computed_on']})")
         return 0
     record = json.loads(RECORD.read_text())

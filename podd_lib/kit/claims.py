@@ -107,11 +107,6 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(sxx * syy)
 
 
-def verdict(ok: bool | None) -> str:
-    """shown / not shown / not run."""
-    return NOT_RUN if ok is None else (SHOWN if ok else NOT_SHOWN)
-
-
 def fmt(row: Row | None, mean: str = "ours_mean", std: str = "ours_std") -> str:
     """'26.2 ± 0.6' of a row, or an em dash."""
     if not row or row.get(mean) is None:

@@ -192,8 +192,7 @@ def distill_and_evaluate(
     report(phase, step, total) follows progress: phase 'distill', then 'eval soft' and 'eval hard'
     (hard_labels=False skips the argmax labels' evaluation).
     """
-    from ..run import adapt_config_to_data, distill, geometry_from_config, load_run, order_for
-    from ..evaluate import evaluate_distilled
+    from ..run import geometry_from_config
 
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
     geom0 = geometry_from_config(cfg)  # bad geometry fails before any data is read
