@@ -41,7 +41,7 @@ def fingerprint(data_root: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         res = distill_and_evaluate(SETTING["dataset"], SETTING["ipc"], SETTING["profile"], tmp,
                                    SETTING["overrides"], data_root, device="cpu")
-        run = load_run(res["run_dir"])
+        run = load_run(res["run_dir"], data_root)
         return {"setting": SETTING, "poster_sha256": sha256(run["poster"]), "labels_sha256": sha256(run["y"]),
                 "accuracies": res["eval"]["soft"]["by_step"][-1]["acc_pct"],
                 "computed_on": {k: res["computed_on"][k] for k in ("cpu", "threads", "torch", "numpy", "python")}}
