@@ -132,10 +132,11 @@ class PlanSession(Session):
         return [self._add(self._distill_spec(ds, ipc, {**(overrides or {}), "seed": seed}, tag))
                 for seed in (seeds or self.seeds)]
 
-    def random_baseline(self, ipc: float = 1.0, dataset: str | None = None) -> list[dict]:
+    def random_baseline(self, ipc: float = 1.0, dataset: str | None = None,
+                        seeds: Sequence[int] | None = None) -> list[dict]:
         """Record the random-real-images baseline, one per seed."""
         ds, out = dataset or self.dataset, []
-        for seed in self.seeds:
+        for seed in seeds or self.seeds:
             over = {"seed": seed}
             cfg = resolve_config(ds, ipc, self.profile, over)
             base = {"dataset": ds, "ipc": ipc, "profile": self.profile, "overrides": over, "tag": "random",
@@ -146,9 +147,9 @@ class PlanSession(Session):
         return out
 
     def full_baseline(self, dataset: str | None = None) -> list[dict]:
-        """Record the full-dataset baseline, one per seed."""
+        """Record the full-dataset baseline, at the first seed: no claim compares it."""
         ds, out = dataset or self.dataset, []
-        for seed in self.seeds:
+        for seed in self.seeds[:1]:
             over = {"seed": seed}
             cfg = resolve_config(ds, 1.0, self.profile, over)
             ep = cfg["full_epochs"]
@@ -170,16 +171,18 @@ class PlanSession(Session):
         return self._add(self._distill_spec(ds, 1.0, over, f"{algorithm}-{representation}"))
 
     def cross_arch(self, kind: str, ipc: float, arch: str, num_models: int, steps: Sequence[int],
-                   overrides: dict | None = None, tag: str | None = None, dataset: str | None = None) -> list[dict]:
+                   overrides: dict | None = None, tag: str | None = None, dataset: str | None = None,
+                   seeds: Sequence[int] | None = None) -> list[dict]:
         """Record the set (a distillation or random real images) and its evaluation on arch, one per seed.
 
         An evaluation that is the set's own (same architecture, networks and steps) is the set's result.
         """
         ds, out, steps = dataset or self.dataset, [], [int(x) for x in steps]
         tag = tag or ("random" if kind == "random" else "podd")
-        sources = (self.random_baseline(ipc, ds) if kind == "random" else
-                   [self.distill(ipc, overrides, tag, ds, seeds=[seed])[0] for seed in self.seeds])
-        for seed, source in zip(self.seeds, sources):
+        seeds = list(seeds or self.seeds)
+        sources = (self.random_baseline(ipc, ds, seeds) if kind == "random" else
+                   [self.distill(ipc, overrides, tag, ds, seeds=[seed])[0] for seed in seeds])
+        for seed, source in zip(seeds, sources):
             over = {**(overrides or {}), "seed": seed}
             cfg = resolve_config(ds, ipc, self.profile, over)
             if arch == cfg["arch"] and num_models == cfg["eval_models"] and steps == list(cfg["eval_steps"]):

@@ -135,16 +135,19 @@ def test_setup_finds_the_kit_root_from_notebooks(tmp_path):
 def test_plans_shrink_under_smoke_only(monkeypatch):
     monkeypatch.setenv("PODD_NUM_THREADS", "1")
     assert studies.figure6_grids("smoke") == [[5, 2], [16, 6]]
-    assert len(studies.figure6_grids("quick")) == 7 and studies.figure6_grids("smoke", [[8, 3]]) == [[8, 3]]
+    assert studies.figure6_grids("quick") == [[5, 2], [10, 4], [16, 6]] and len(studies.figure6_grids("paper")) == 7 and studies.figure6_grids("smoke", [[8, 3]]) == [[8, 3]]
     # the notebook's parameter is None by default (the profile's run list); a given number wins
-    assert studies.class_orders("smoke") == ["paper", "random:1", "random:2"] and len(studies.class_orders("quick")) == 6
+    assert studies.class_orders("smoke") == ["paper", "random:1", "random:2"] and len(studies.class_orders("quick")) == 3
+    assert len(studies.class_orders("paper")) == 6
     assert studies.class_orders("smoke", 5)[-1] == "random:5"
     assert studies.class_orders("quick", 3) == ["paper", "random:1", "random:2", "random:3"]
     plan = studies.algorithm_plan(["ratbptt", "mtt"], ["tiling", "poster"], ["random", "dream"])
     assert len(plan) == 6 and ("mtt", "tiling", "dream") not in plan
     assert studies.table1_ipcs(kit.setup("nb", "smoke")) == {"cifar10": [1.0, 0.5]}
     quick = studies.table1_ipcs(kit.setup("nb", "quick"))["cifar10"]
-    assert quick == sorted(quick, reverse=True) and quick[0] == 1.0 and quick[-1] == 0.3 and len(quick) == 8
+    assert quick == [1.0, 0.5, 0.3]
+    paper = studies.table1_ipcs(kit.setup("nb", "paper"))["cifar10"]
+    assert paper == sorted(paper, reverse=True) and paper[0] == 1.0 and paper[-1] == 0.3 and len(paper) == 8
 
 
 def test_an_architecture_evaluation_is_cached_beside_its_set(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """A plan's estimate follows each run's size: a tiling's outer step costs a fraction of a poster's."""
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -50,9 +51,13 @@ def test_notebook_09_plans_every_set_on_the_profiles_architectures():
     p = plan.build_plan("quick", only="09", notebooks_dir=nbs, out_dir="../nonexistent-outputs")
     evals = [r for r in p["runs"] if r["kind"] == "arch"]
     assert sorted({r["arch"] for r in evals}) == ["convnet", "vgg11"]  # quick leaves ResNet-18 and AlexNet out
-    assert len(evals) == 8 and all(r["eval_models"] == 2 and r["eval_steps"] == 100 for r in evals)
+    assert len(evals) == 16 and all(r["eval_models"] == 2 and r["eval_steps"] == 100 for r in evals)
+    # the poster and tiling its claim compares at every seed of the profile, the other two sets at the first
+    per_set = Counter((r["tag"], r["ipc"]) for r in evals if r["arch"] == "vgg11")
+    assert per_set == {("podd", 1.0): 3, ("ratbptt", 1.0): 3, ("podd", 0.5): 1, ("random", 0.5): 1}
     sets = [r for r in p["runs"] if r["kind"] != "arch"]
-    assert [Path(r["folder"]).name for r in sets][:2] == ["ipc1-96985d75b9fd", "ipc1-2ea309f4e751"]  # notebook 03's
+    names = [Path(r["folder"]).name for r in sets]
+    assert names[0] == "ipc1-96985d75b9fd" and names[3] == "ipc1-2ea309f4e751"  # notebook 03's, seed 0
     assert all(Path(r["folder"]).parent.parent.name in [Path(x["folder"]).name for x in sets] for r in evals)
     cost = {(r["arch"], r["tag"], r["ipc"]): r["estimate_s"] for r in evals}
     assert 0 < cost[("convnet", "podd", 1.0)] < cost[("vgg11", "podd", 1.0)]
