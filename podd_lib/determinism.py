@@ -1,6 +1,6 @@
 """PyTorch's deterministic mode for one run: the same command on the same machine gives the same poster.
 
-Set when a run starts and restored when it returns, never on import (README, "Reproducibility").
+Set when a run starts and restored when it returns, never on import (docs/reproducibility.md).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def deterministic_mode(on: bool = True, device: str | torch.device = "cpu") -> I
     reads it when its first handle is made, so a run sets it before its first CUDA op).
     Uninitialised memory is not filled with NaN, which the deterministic mode otherwise does for
     every `torch.empty`: the kit writes every tensor it allocates before reading it.
-    on=False changes nothing. A run is bitwise reproducible only at a fixed thread count (README).
+    on=False changes nothing. A run is bitwise reproducible only at a fixed thread count (docs/reproducibility.md).
     """
     if not on:
         yield

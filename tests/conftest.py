@@ -79,5 +79,5 @@ def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Markers defined beside the tests that use them."""
-    config.addinivalue_line("markers", "slurm: needs a running SLURM cluster and PODD_SLURM_TEST=1 (README, "
-                            "'Running the paper on a SLURM cluster'); skipped otherwise")
+    config.addinivalue_line("markers", "slurm: needs a running SLURM cluster and PODD_SLURM_TEST=1 (docs/slurm.md); "
+                            "skipped otherwise")

@@ -215,7 +215,7 @@ def test_render_only_returns_a_missing_row_that_names_the_failed_job(tmp_path, m
 def test_slurm_executor_end_to_end_with_a_forced_preemption(tmp_path, cifar10_root):
     """Submit two smoke runs to SLURM, preempt one mid-run (USR2, as on preemption), collect both."""
     if os.environ.get("PODD_SLURM_TEST") != "1" or shutil.which("sbatch") is None:
-        pytest.skip("set PODD_SLURM_TEST=1 with a running SLURM cluster (README: single-node cluster)")
+        pytest.skip("set PODD_SLURM_TEST=1 with a running SLURM cluster (docs/slurm.md: single-node cluster)")
     nb = tmp_path / "notebooks"  # on a path every node sees (tmp_path on a single-node cluster)
     shutil.copytree(REPO / "notebooks", nb)
     s = plan.PlanSession("t", "smoke", "../outputs/smoke", "", "cpu", False, ["cifar10"], [0], "cifar10", 1,

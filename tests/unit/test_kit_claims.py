@@ -125,18 +125,17 @@ def test_markdown_has_one_line_per_claim():
     assert "**shown**" in md and "**not shown**" in md
 
 
-def test_readme_claims_block_is_computed_from_the_committed_results():
+@pytest.mark.parametrize("file,out", [("README.md", "outputs"), ("docs/results.md", "outputs/cpu-long")])
+def test_claims_blocks_are_computed_from_the_committed_results(file, out):
     from pathlib import Path
 
     from podd_lib.kit.report import load_results
 
     root = Path(__file__).resolve().parents[2]
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    blocks = [out for out in ("outputs", "outputs/cpu-long") if claims.readme_begin(out) in readme]
-    assert "outputs" in blocks
-    for out in blocks:
-        assert claims.update_readme(readme, load_results(root / out), out) == readme, \
-            f"README's claims table of {out} is stale: run `python -m podd_lib.kit readme {out} README.md`"
+    text = (root / file).read_text(encoding="utf-8")
+    assert claims.readme_begin(out, file) in text
+    assert claims.update_readme(text, load_results(root / out), out, file) == text, \
+        f"{file}'s claims table of {out} is stale: run `python -m podd_lib.kit readme {out} {file}`"
 
 
 def test_update_readme_replaces_only_the_block_and_needs_markers():
