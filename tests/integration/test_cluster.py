@@ -37,11 +37,13 @@ def _scratch(tmp_path: Path) -> Path:
 def test_plan_smoke_lists_each_run_once_with_its_notebooks():
     p = plan.build_plan("smoke", notebooks_dir=REPO / "notebooks", out_dir="../nonexistent-outputs")
     folders = [r["folder"] for r in p["runs"]]
-    assert len(folders) == len(set(folders)) == 58  # two seeds (runs.toml) for every run a claim compares
+    assert len(folders) == len(set(folders)) == 65  # two seeds (runs.toml) for every run a claim compares
+    assert sum(r["tag"] == "full" for r in p["runs"]) == 1  # the full-data baseline, which no claim compares: once
     assert not any(r["cached"] for r in p["runs"])
     by_nb = {n["name"]: n["runs"] for n in p["notebooks"]}
     assert len(by_nb["07_algorithms_under_posters"]) == 28 and by_nb["01_poco_class_ordering"] == []
-    assert len(by_nb["09_cross_architecture"]) == 20  # 4 sets (3 from notebooks 02 and 03) x 4 architectures
+    # the 1-IPC poster and tiling at both seeds, the 0.5-IPC poster and random images at the first: 6 sets x 4 architectures
+    assert len(by_nb["09_cross_architecture"]) == 30
     shared = next(r for r in p["runs"] if r["tag"] == "quickstart")
     assert shared["notebooks"][:3] == ["00_quickstart", "02_table1_less_than_one_ipc", "03_table2_one_ipc"]
     assert all(r["estimate_s"] > 0 for r in p["runs"]) and p["estimate_s"] == pytest.approx(
