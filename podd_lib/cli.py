@@ -393,6 +393,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `podd`."""
     from . import __version__
+    from .config import ALGORITHMS
 
     p = Parser(prog="podd", description="PoDD: distill a dataset into one poster.", formatter_class=Help)
     p.add_argument("--version", action="version", version=f"podd-kit {__version__}")
@@ -440,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="run folder: new, empty, or a run of the kit (default: none, required)")
     sp.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its checkpoint (default: start a new run)")
-    sp.add_argument("--algorithm", choices=("ratbptt", "mtt", "dm", "dc"), help="distillation algorithm (default: ratbptt)")
+    sp.add_argument("--algorithm", choices=ALGORITHMS, help="distillation algorithm (default: ratbptt)")
     sp.add_argument("--sampling", choices=("random", "dream"),
                     help="real batches: random, or DREAM's representatives (default: random)")
     sp.add_argument("--init", choices=("noise", "class_areas", "real", "dream"),

@@ -15,8 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from .algorithms.registry import REGISTRY, algorithm_keys, setting_defaults
 from .errors import PoddError
-from .validate import ALGORITHMS, INITS, SAMPLINGS, check_config  # noqa: F401 (the names are read from here)
+from .validate import INITS, SAMPLINGS, check_config  # noqa: F401 (the names are read from here)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,6 +28,7 @@ DATASETS = ("cifar10", "cifar100", "cub200", "tinyimagenet")
 PROFILES = ("smoke", "quick", "cpu-long", "paper", "paper-text")
 OWN_OUTPUT_FOLDER = ("smoke", "cpu-long")  # profiles whose outputs go to <out>/<profile>, not beside quick's
 TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "cub200": 5994, "tinyimagenet": 100000}
+ALGORITHMS = tuple(REGISTRY)  # the registered algorithms (podd_lib/algorithms/registry.py)
 
 
 def _read_toml(name: str) -> dict:
@@ -69,8 +71,8 @@ def base_config(dataset: str) -> dict:
 
 
 def algorithm_defaults() -> dict:
-    """The algorithm settings every dataset shares (configs/algorithms.toml)."""
-    return _read_toml("algorithms.toml")
+    """The algorithm settings every dataset shares: configs/algorithms.toml's and each registered algorithm's own."""
+    return {**_read_toml("algorithms.toml"), **setting_defaults()}
 
 
 def run_list(profile: str) -> dict:
@@ -171,7 +173,7 @@ def resolve_config(
 
 
 # Where the paper's text and the authors' release (which produced the paper's numbers) differ:
-# key -> (the text's value, the release's value). The text's are the defaults (configs/algorithms.toml);
+# key -> (the text's value, the release's value). The text's are the defaults (algorithm_defaults);
 # the `paper` profile takes the release's, `paper-text` the text's. The fifth difference is `init`
 # ("normal" in the text, "class_areas" in the release), a dataset-config key.
 TEXT_OR_RELEASE = {
@@ -182,25 +184,18 @@ TEXT_OR_RELEASE = {
     "fixed_labels_form": ("majority", "softmax"),  # fixed labels: the majority class, or a softmax of the pixel counts
 }
 
-# Settings that only one algorithm (or DREAM sampling) reads; the rest of a config ignores them.
-ALGORITHM_KEYS = {
-    "ratbptt": ("curriculum_draw", "real_batches"),
-    "mtt": ("syn_steps", "expert_epochs", "max_start_epoch", "syn_lr", "lr_lr", "n_experts", "lr_teacher",
-            "expert_bs", "expert_aug", "experts_root"),
-    "dm": ("real_per_class",),
-    "dc": ("real_per_class",),
-    "dream": ("dream_interval", "dream_pool", "dream_iters"),
-}
-
-
 def irrelevant_keys(cfg: dict) -> set[str]:
-    """Algorithm settings this config's algorithm and sampling never read (kept out of run hashes)."""
-    used = set(ALGORITHM_KEYS.get(cfg.get("algorithm", "ratbptt"), ()))
+    """Algorithm settings this config's algorithm and sampling never read (kept out of run hashes).
+
+    The settings only one algorithm (or DREAM) reads are those its registry entry declares.
+    """
+    own = algorithm_keys()
+    used = set(own.get(cfg.get("algorithm", "ratbptt"), ()))
     if cfg.get("sampling") == "dream" or cfg.get("init") == "dream":
-        used |= set(ALGORITHM_KEYS["dream"])
+        used |= set(own["dream"])
     if cfg.get("sampling") == "dream":  # DREAM picks its own real batches
         used.discard("real_batches")
-    unused = {k for keys in ALGORITHM_KEYS.values() for k in keys} - used
+    unused = {k for keys in own.values() for k in keys} - used
     if cfg.get("keep", "last") == "last":
         unused.add("keep_every")
     if cfg.get("label_kind") == "learned" or cfg.get("per_class_posters"):

@@ -26,7 +26,7 @@ import torch
 from .config import derive
 from .errors import PoddError
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
-from .algorithms import REGISTRY
+from .algorithms import builder
 from .algorithms.base import (EpochSampler, OuterSettings, OuterState, RealSampler, make_outer_state, outer_step,
                               reinit_params)
 from .algorithms.ratbptt import RatBpttSettings
@@ -147,10 +147,7 @@ def order_for(cfg: dict, classes: list[str], geom: PosterGeometry) -> list[list[
 def make_algorithm(cfg: dict, model: torch.nn.Module, s: RatBpttSettings, real=None, device: str = "cpu",
                    progress: bool = False):
     """The config's distillation algorithm (MTT loads or trains its experts from the real data)."""
-    build = REGISTRY.get(cfg["algorithm"])
-    if build is None:
-        raise PoddError(f"unknown algorithm {cfg['algorithm']!r}; choose one of {', '.join(REGISTRY)}")
-    return build(cfg, model, s, real, device, progress)
+    return builder(cfg["algorithm"])(cfg, model, s, real, device, progress)
 
 
 def make_sampler(cfg: dict, x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int) -> RealSampler:

@@ -2,7 +2,8 @@
 
 A config is a flat dict (config.resolve_config). `check_config` checks it against `ConfigSchema`,
 a frozen dataclass whose field types say what each key may hold (choices, ranges, list lengths),
-then against `RULES`, the constraints between keys, and turns the first problem into a one-line
+and against the settings each algorithm declares in its registry entry (`schema_fields`), then
+against `RULES`, the constraints between keys, and turns the first problem into a one-line
 PoddError that names the key and the bad value. It runs before any data is read. Types are
 strict: `width=3.5`, `zca=maybe` or `steps="ten"` are errors, never coerced. The checker is a
 few lines of standard library (`conforms`), so the method core imports on a bare Python with torch.
@@ -43,7 +44,6 @@ class Name:
     """Marks a choice among named methods: a bad value reads "unknown <key> 'x'; choose one of ..."."""
 
 
-ALGORITHMS = ("ratbptt", "mtt", "dm", "dc")
 SAMPLINGS = ("random", "dream")
 INITS = ("normal", "class_areas", "real", "dream")  # the CLI's "noise" is mapped to "normal" by resolve_config
 
@@ -69,7 +69,8 @@ def _default(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class ConfigSchema:
-    """Every config key with its type, range and default (configs/*.toml and the derived keys)."""
+    """Every config key with its type, range and default (configs/*.toml and the derived keys), but the settings of
+    one algorithm or of DREAM, which the algorithm registry declares (`schema_fields`)."""
 
     dataset: str
     n_classes: NonNegative = 0
@@ -110,22 +111,8 @@ class ConfigSchema:
     test_per_class: NonNegative = 0
     checkpoint_every: Count = 50
     seed: int = 0
-    algorithm: Annotated[Literal[ALGORITHMS], Name()] = "ratbptt"
+    algorithm: str = "ratbptt"  # one of the algorithm registry's names (schema_fields)
     sampling: Annotated[Literal[SAMPLINGS], Name()] = "random"
-    dream_interval: Count = 10
-    dream_pool: NonNegative = 0
-    dream_iters: Count = 20
-    real_per_class: Count = 256
-    syn_steps: Count = 50
-    expert_epochs: Count = 2
-    max_start_epoch: NonNegative = 2
-    syn_lr: Positive = 0.01
-    lr_lr: Positive = 1e-5
-    n_experts: Count = 5
-    lr_teacher: Positive = 0.01
-    expert_bs: Count = 256
-    expert_aug: str = "dsa"
-    experts_root: str = ""
     per_class_posters: bool = False
     real_chunk: NonNegative = 128
     channels_last: bool = True
@@ -135,9 +122,7 @@ class ConfigSchema:
     backend: Literal[BACKENDS] = "auto"
     autocast: Literal[AUTOCAST] = "none"
     compile_steps: Literal[COMPILE_MODES] = "none"
-    curriculum_draw: Literal["step", "epoch"] = "step"
     clip_order: Literal["text", "release"] = "text"
-    real_batches: Literal["random", "epochs"] = "random"
     keep: Literal["last", "best_train"] = "last"
     keep_every: Count = 100
     fixed_labels_form: Literal["majority", "softmax", "proportional"] = "majority"
@@ -149,7 +134,6 @@ class ConfigSchema:
 
 
 FIELDS: dict[str, Any] = get_type_hints(ConfigSchema, include_extras=True)  # key -> type, in schema order
-KNOWN_KEYS = frozenset(FIELDS)
 REQUIRED = frozenset(f.name for f in dataclasses.fields(ConfigSchema)
                      if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 # Keys written into config.json by the kit itself (derived or recorded), accepted when a run's
@@ -174,6 +158,15 @@ RULES: tuple[tuple[Callable[[ConfigSchema], bool], str], ...] = (
      "autocast=bfloat16 runs RaT-BPTT on the reference layers; use backend=auto or reference, "
      "conv_dtype=float32 and algorithm=ratbptt"),
 )
+
+
+def schema_fields() -> dict[str, Any]:
+    """Every config key with its type: ConfigSchema's, `algorithm` among the registered names, then each registered
+    algorithm's and DREAM's own settings (podd_lib/algorithms/registry.py, read at each call)."""
+    from .algorithms.registry import REGISTRY, declared_settings
+
+    return {**FIELDS, "algorithm": Annotated[Literal[tuple(REGISTRY)], Name()],
+            **{name: s.type for name, s in declared_settings().items()}}
 
 
 # ----------------------------------------------------------------------------- the type checker
@@ -242,17 +235,17 @@ def check_config(cfg: dict, user: dict | None = None, where: str = "") -> Config
     user: the keys the user set (--set, flags, a config file): they must be schema keys, and `steps`
     there must be >= 1. where: a prefix for the message (e.g. the file's name).
     """
-    user = user or {}
-    unknown = sorted({k for k in cfg if k not in KNOWN_KEYS | DERIVED_KEYS} | {k for k in user if k not in KNOWN_KEYS})
+    user, fields = user or {}, schema_fields()
+    unknown = sorted({k for k in cfg if k not in fields.keys() | DERIVED_KEYS} | {k for k in user if k not in fields})
     if unknown:
-        raise PoddError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_KEYS))}")
+        raise PoddError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
     for key in USER_COUNTS:
         if key in user and not conforms(user[key], Count):
             raise PoddError(f"{where}{key} must be {describe(Count)}, got {user[key]!r}")
-    for key, tp in FIELDS.items():
+    for key, tp in fields.items():
         if (key in cfg and not conforms(cfg[key], tp)) or (key in REQUIRED and key not in cfg):
             raise PoddError(where + problem(key, cfg.get(key), tp))
-    checked = ConfigSchema(**{k: v for k, v in cfg.items() if k in KNOWN_KEYS})
+    checked = ConfigSchema(**{k: v for k, v in cfg.items() if k in FIELDS})
     for broken, message in RULES:
         if broken(checked):
             raise PoddError(where + message)

@@ -39,7 +39,7 @@ VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkp
 def config_key(cfg: dict) -> str:
     """A short hash of everything that changes a result.
 
-    Algorithm settings left at their defaults (configs/algorithms.toml), and those the config's
+    Algorithm settings left at their defaults (config.algorithm_defaults), and those the config's
     algorithm never reads, are not hashed: adding such a setting keeps every earlier RaT-BPTT
     run's key (and its cached result).
     """

@@ -1,17 +1,18 @@
 """The plan of a `run_all.sh` call: every run its notebooks need, from the configs alone, with what is cached.
 
-Each notebook's runs are listed by the same calls the notebook makes (kit.studies), through a
-session that records them instead of running them. A run in the plan is plain data: its kind
-(distill, random or full baseline), dataset, IPC, overrides, tag, run key, folder, the command that
-computes it, whether its result is cached, and an estimated time. The estimate is outer steps x
-seconds per outer step + evaluation steps x models x seconds per model step; the rates come from
-cached results of the same profile where there are any, else from configs/estimates.toml, and the
-plan says which.
+Each notebook's runs are listed by the function the notebook itself calls (kit.studies.NOTEBOOK_RUNS),
+given the notebook's parameters cell and dataset and a session that records the runs instead of
+running them. A run in the plan is plain data: its kind (distill, random or full baseline), dataset,
+IPC, overrides, tag, run key, folder, the command that computes it, whether its result is cached,
+and an estimated time. The estimate is outer steps x seconds per outer step + evaluation steps x
+models x seconds per model step; the rates come from cached results of the same profile where there
+are any, else from configs/estimates.toml, and the plan says which.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import math
 import os
@@ -55,18 +56,36 @@ def select_notebooks(names: Sequence[str], only: str | None) -> list[str]:
     return chosen
 
 
+def code_cells(path: str | os.PathLike) -> list[str]:
+    """The source of each code cell of a notebook."""
+    return ["".join(c["source"]) for c in json.loads(Path(path).read_text())["cells"] if c["cell_type"] == "code"]
+
+
 def notebook_params(path: str | os.PathLike) -> dict[str, Any]:
     """The literal defaults of a notebook's first code cell (its papermill parameters): name -> value."""
-    nb = json.loads(Path(path).read_text())
-    cell = next(c for c in nb["cells"] if c["cell_type"] == "code")
     params = {}
-    for node in ast.parse("".join(cell["source"])).body:
+    for node in ast.parse(code_cells(path)[0]).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
                 params[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError:
                 continue  # os.environ.get(...): run_all.sh passes these
     return params
+
+
+def fixed_dataset(path: str | os.PathLike) -> str | None:
+    """The dataset a notebook fixes with `kit.setup(..., dataset="cifar10")` (a paper figure), else None."""
+    for source in code_cells(path):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "setup":
+                return next((ast.literal_eval(k.value) for k in node.keywords if k.arg == "dataset"), None)
+    return None
+
+
+def plan_notebook_runs(s: Session, runs: Callable[..., Any], params: dict[str, Any]) -> None:
+    """Call a notebook's run-list function with the session and, by name, the notebook parameters it takes."""
+    names = list(inspect.signature(runs).parameters)[1:]
+    runs(s, **{k: params[k] for k in names if k in params})
 
 
 # ----------------------------------------------------------------------------- recording session
@@ -197,69 +216,6 @@ class PlanSession(Session):
             out.append(self._add({**spec, "train_size": train_size(cfg, kind), "eval_models": num_models,
                                   "eval_steps": steps[-1], "eval_phases": 1}))
         return out
-
-
-def _param(params: dict, name: str, default: Any = None) -> Any:
-    """A notebook parameter's value."""
-    return params.get(name, default)
-
-
-def _runs_00(s: PlanSession, p: dict) -> None:
-    """Notebook 00: the quickstart poster."""
-    s.distill(_param(p, "ipc", 1.0), tag="quickstart")
-
-
-def _runs_02(s: PlanSession, p: dict) -> None:
-    """Notebook 02: Table 1's IPC grid, the tiling, the full dataset."""
-    studies.table1_runs(s, studies.table1_ipcs(s, _param(p, "ipcs")), _param(p, "run_full", True))
-
-
-def _runs_03(s: PlanSession, p: dict) -> None:
-    """Notebook 03: Table 2 at 1 IPC."""
-    studies.table2_runs(s, _param(p, "run_full", True))
-
-
-def _runs_04(s: PlanSession, p: dict) -> None:
-    """Notebook 04: figure 6's patch grids (500 steps under paper)."""
-    extra = {"steps": 500} if s.profile in ("paper", "paper-text") else {}
-    studies.figure6_runs(s, studies.figure6_grids(s.profile, _param(p, "patch_grids")), extra)
-
-
-def _runs_05(s: PlanSession, p: dict) -> None:
-    """Notebook 05: the paper's class order and random ones (250 steps under paper)."""
-    extra = {"steps": 250} if s.profile in ("paper", "paper-text") else {}
-    for spec in studies.class_orders(s.profile, _param(p, "n_random_orders")):
-        s.distill(_param(p, "ipc", 0.3), {"order": spec, **extra})
-
-
-def _runs_06(s: PlanSession, p: dict) -> None:
-    """Notebook 06: the 1-IPC poster and figure 9's per-class posters."""
-    s.distill(1.0, seeds=s.seeds[:1])
-    over = {"per_class_posters": True, "labels": "fixed", "patch_grid": list(_param(p, "fig9_patch_grid", [10, 10])),
-            "init": "normal"}  # as notebook 06: per-class posters start from N(0, 1) under every profile
-    s.distill(_param(p, "fig9_ipc", 10), over, tag="per-class", seeds=s.seeds[:1])
-
-
-def _runs_07(s: PlanSession, p: dict) -> None:
-    """Notebook 07: every algorithm on the tiling and the poster."""
-    plan = studies.algorithm_plan(p["algorithms"], p["representations"], p.get("samplings"), s.profile)
-    studies.algorithm_runs(s, plan, {"init": _param(p, "init")})
-
-
-def _runs_09(s: PlanSession, p: dict) -> None:
-    """Notebook 09: the 1-IPC poster, its tiling, a poster below 1 IPC and random real images on every architecture."""
-    archs, models, steps = studies.cross_arch_settings(s.profile, p.get("archs"), p.get("models"), p.get("steps"))
-    studies.cross_arch_runs(s, studies.cross_arch_sets(s, _param(p, "floor_ipc", 0.5)), archs, models, steps)
-
-
-# The runs of each notebook, by number, mirroring the notebook's own calls (a test renders the smoke
-# notebooks from a plan's results alone, so a notebook that asks for more fails it).
-NOTEBOOK_RUNS: dict[str, Callable[[PlanSession, dict], None]] = {
-    "00": _runs_00, "02": _runs_02, "03": _runs_03, "04": _runs_04, "05": _runs_05, "06": _runs_06, "07": _runs_07,
-    "09": _runs_09}
-
-# The notebooks that fix their dataset (paper figures on CIFAR-10), as kit.setup(..., dataset=...) does.
-FIXED_DATASET = {"04": "cifar10", "05": "cifar10", "06": "cifar10", "07": "cifar10", "09": "cifar10"}
 
 
 # ----------------------------------------------------------------------------- estimates
@@ -405,10 +361,10 @@ def build_plan(profile: str, only: str | None = None, datasets: Sequence[str] | 
         nb_datasets = list(datasets) if datasets else list(params.get("datasets") or ["cifar10"])
         num = name.split("_")[0]
         s = PlanSession(name, profile, out, "", "auto", False, nb_datasets,
-                        profile_seeds(profile, params.get("seeds", [0])), FIXED_DATASET.get(num, nb_datasets[0]), 1,
-                        notebook=name, root=str(base))
-        if num in NOTEBOOK_RUNS:
-            NOTEBOOK_RUNS[num](s, params)
+                        profile_seeds(profile, params.get("seeds", [0])),
+                        fixed_dataset(base / f"{name}.ipynb") or nb_datasets[0], 1, notebook=name, root=str(base))
+        if num in studies.NOTEBOOK_RUNS:
+            plan_notebook_runs(s, studies.NOTEBOOK_RUNS[num], params)
         per_nb[name] = []
         for r in s.runs:
             if r["folder"] in runs:

@@ -3,17 +3,30 @@
 One group per notebook. The plans print from the configs alone (no data, deterministic: the
 notebooks check these printouts under nbval); the runs go through a `Session`, so every run is
 cached by its config and shared between notebooks that ask for the same one.
+
+Each notebook that makes runs has one function that says which (`NOTEBOOK_RUNS`): it takes the
+session and the notebook's parameters by name and returns what the notebook needs. The notebook
+calls it with a `Session`, which computes the runs; `kit.plan` calls the same function with a
+`PlanSession`, which records them, so the plan of run_all.sh lists exactly the notebooks' runs.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..config import resolve_config, run_list, tiling_overrides
 from ..errors import PoddError
 from . import paper
 from .session import Session
+
+# ----------------------------------------------------------------------------- 00: quickstart
+
+
+def quickstart_runs(s: Session, ipc: float = 1.0) -> list[dict]:
+    """The quickstart poster at `ipc`, one run per seed."""
+    return s.distill(ipc, tag="quickstart")
+
 
 # ----------------------------------------------------------------------------- 01: PoCO
 
@@ -107,10 +120,10 @@ def print_table1_plan(s: Session, ipc_grid: dict[str, list[float]]) -> None:
               f"tiling {g.is_tiling}, labels {cfg['label_kind']}, overrides {over}")
 
 
-def table1_runs(s: Session, ipc_grid: dict[str, list[float]], run_full: bool = True) -> list[dict]:
-    """Table 1's runs: PoDD at every IPC, the RaT-BPTT tiling, and (run_full) the full dataset."""
+def table1_runs(s: Session, ipcs: Sequence[float] | None = None, run_full: bool = True) -> list[dict]:
+    """Table 1's runs: PoDD at every IPC of `table1_ipcs`, the RaT-BPTT tiling, and (run_full) the full dataset."""
     results = []
-    for ds, grid in ipc_grid.items():
+    for ds, grid in table1_ipcs(s, ipcs).items():
         results += [r for ipc in grid for r in s.distill(ipc, dataset=ds)] + s.tiling(ds)
         results += s.full_baseline(ds) if run_full else []
     return results
@@ -135,10 +148,16 @@ def figure6_grids(profile: str, patch_grids: Sequence[Sequence[int]] | None = No
     return [list(g) for g in grids]
 
 
-def print_figure6_plan(s: Session, grids: Sequence[Sequence[int]], extra: dict) -> None:
+def figure6_overrides(profile: str) -> dict:
+    """What figure 6's runs change from the profile: the paper's 500 outer steps under the paper profiles."""
+    return {"steps": 500} if profile in ("paper", "paper-text") else {}
+
+
+def print_figure6_plan(s: Session, grids: Sequence[Sequence[int]]) -> None:
     """Each patch grid's stride, whether it tiles the poster, and the outer steps."""
     from ..run import geometry_from_config
 
+    extra = figure6_overrides(s.profile)
     for g in grids:
         cfg = resolve_config(s.dataset, 1.0, s.profile, {"patch_grid": list(g), **extra})
         geom = geometry_from_config(cfg)
@@ -147,9 +166,12 @@ def print_figure6_plan(s: Session, grids: Sequence[Sequence[int]], extra: dict) 
               f"{d['stride_y']:.2f} px, tiling {geom.is_tiling}, steps {cfg['steps']}")
 
 
-def figure6_runs(s: Session, grids: Sequence[Sequence[int]], extra: dict) -> list[dict]:
-    """One run per patch grid and seed at 1 IPC; 5x2 (tagged 'ratbptt') and 16x6 share notebook 02's cache."""
+def figure6_runs(s: Session, patch_grids: Sequence[Sequence[int]] | None = None) -> list[dict]:
+    """One run per patch grid of `figure6_grids` and seed at 1 IPC; 5x2 (tagged 'ratbptt') and 16x6 share notebook
+    02's cache."""
     from ..run import geometry_from_config
+
+    grids, extra = figure6_grids(s.profile, patch_grids), figure6_overrides(s.profile)
 
     def tag(g: list[int]) -> str:
         cfg = resolve_config(s.dataset, 1.0, s.profile, {"patch_grid": g})
@@ -165,6 +187,18 @@ def class_orders(profile: str, n_random_orders: int | None = None) -> list[str]:
     """The paper's order and n random ones (None: the profile's run list, else 5), as --order specs."""
     n = int(n_random_orders if n_random_orders is not None else run_list(profile).get("random_orders", 5))
     return ["paper"] + [f"random:{k}" for k in range(1, n + 1)]
+
+
+def class_order_overrides(profile: str) -> dict:
+    """What the class-order runs change from the profile: section 5.3's 250 outer steps under the paper profiles."""
+    return {"steps": 250} if profile in ("paper", "paper-text") else {}
+
+
+def class_order_runs(s: Session, ipc: float = 0.3, n_random_orders: int | None = None) -> list[dict]:
+    """One run per order of `class_orders` and seed at `ipc`; the paper's order is notebook 02's run where the
+    configs agree."""
+    extra = class_order_overrides(s.profile)
+    return [r for spec in class_orders(s.profile, n_random_orders) for r in s.distill(ipc, {"order": spec, **extra})]
 
 
 def print_orders(s: Session, orders: Sequence[str], ipc: float) -> None:
@@ -196,6 +230,21 @@ def class_distances(s: Session, ipc: float) -> tuple[Any, str, list[str]]:
     return poco.class_mean_distances(real), "class-mean image (stand-in)", classes
 
 
+# ----------------------------------------------------------------------------- 06: poster semantics
+
+
+def figure9_overrides(patch_grid: Sequence[int]) -> dict:
+    """Figure 9's variant: one poster per class with fixed labels, started from N(0, 1) under every profile."""
+    return {"per_class_posters": True, "labels": "fixed", "patch_grid": list(patch_grid), "init": "normal"}
+
+
+def poster_semantics_runs(s: Session, fig9_ipc: float = 10,
+                          fig9_patch_grid: Sequence[int] = (10, 10)) -> tuple[dict, dict]:
+    """(figure 8's 1-IPC poster, figure 9's per-class posters at fig9_ipc), each at the first seed."""
+    poster = s.distill(1.0, seeds=s.seeds[:1])[0]  # the 1-IPC PoDD run of notebooks 00, 02 and 03
+    return poster, s.distill(fig9_ipc, figure9_overrides(fig9_patch_grid), tag="per-class", seeds=s.seeds[:1])[0]
+
+
 # ----------------------------------------------------------------------------- 07: algorithms under posters
 
 
@@ -220,14 +269,16 @@ def print_algorithm_plan(s: Session, plan: Sequence[tuple[str, str, str]]) -> No
         print(f"{algo:8s} {rep:7s} {samp:7s} poster {geom.d_h}x{geom.d_w}, {geom.p_x}x{geom.p_y} = {geom.n_patches} patches")
 
 
-def algorithm_runs(s: Session, plan: Sequence[tuple[str, str, str]], overrides: dict) -> tuple[list[dict], dict]:
-    """Every planned run at every seed of the session (cached; MTT caches its experts) and each cell's wall time.
+def algorithm_runs(s: Session, algorithms: Sequence[str], representations: Sequence[str],
+                   samplings: Sequence[str] | None = None, init: str | None = None) -> tuple[list[dict], dict]:
+    """Every run of `algorithm_plan` at every seed of the session (cached; MTT caches its experts) and each cell's
+    wall time.
 
-    An override whose value is None is left to the profile (notebook 07's init = None: the profile's init).
+    init None leaves the initialisation to the profile.
     """
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {"init": init} if init is not None else {}
     results, walls = [], {}
-    for algo, rep, samp in plan:
+    for algo, rep, samp in algorithm_plan(algorithms, representations, samplings, s.profile):
         t0 = time.perf_counter()
         results += [s.algorithm(algo, rep, samp, {**overrides, "seed": seed}) for seed in s.seeds]
         walls[(algo, rep, samp)] = time.perf_counter() - t0
@@ -247,6 +298,14 @@ def algorithm_notes(s: Session, init: str | None, algorithms: Sequence[str]) -> 
              f"Augmentation of patches (and, siamese, of DM/DC real batches): syn_aug = {syn_aug!r}, PoDD's; DSA, DM "
              "and MTT use DSA's full strategy (--set syn_aug=dsa). MTT's experts do use it (expert_aug)."]
     return notes + [n for a in algorithms for n in s.deviation_notes(1.0, {"algorithm": a}, label=a)]
+
+
+# ----------------------------------------------------------------------------- 08: patch explorer
+
+
+def explorer_runs(s: Session, ipcs: Sequence[float] = (1.0, 0.5)) -> dict[str, dict]:
+    """The posters to explore, by name ('1 IPC'): each IPC's PoDD run at seed 0 (notebooks 00 and 02's runs)."""
+    return {f"{ipc:g} IPC": s.distill(float(ipc), seeds=[0])[0] for ipc in ipcs}
 
 
 # ----------------------------------------------------------------------------- 09: other architectures
@@ -299,9 +358,12 @@ def print_cross_arch_plan(s: Session, sets: Sequence[tuple], archs: Sequence[str
           f"tested on the whole test set")
 
 
-def cross_arch_runs(s: Session, sets: Sequence[tuple], archs: Sequence[str], models: int,
-                    steps: Sequence[int]) -> list[dict]:
-    """Every set evaluated on every architecture (cached), each result marked with its set's name."""
+def cross_arch_runs(s: Session, floor_ipc: float = 0.5, archs: Sequence[str] | None = None, models: int | None = None,
+                    steps: Sequence[int] | None = None) -> list[dict]:
+    """Every set of `cross_arch_sets` evaluated on every architecture of `cross_arch_settings` (cached), each result
+    marked with its set's name."""
+    archs, models, steps = cross_arch_settings(s.profile, archs, models, steps)
+    sets = cross_arch_sets(s, floor_ipc)
     return [{**r, "representation": name} for arch in archs for name, kind, ipc, over, tag, seeds in sets
             for r in s.cross_arch(kind, ipc, arch, models, steps, over, tag, seeds=seeds)]
 
@@ -316,3 +378,13 @@ def cross_arch_notes(s: Session, archs: Sequence[str], models: int, steps: Seque
              "the sets are distilled with the ConvNet."]
             + ([f"Left out under profile {s.profile} to save time: {', '.join(left)} (configs/runs.toml)."] if left else [])
             + s.deviation_notes())
+
+
+# ----------------------------------------------------------------------------- the run list of each notebook
+
+
+# The function that makes each notebook's runs, by notebook number; the notebook calls it with its
+# parameters by name, and kit.plan calls it with the notebook's parameters cell to plan them.
+NOTEBOOK_RUNS: dict[str, Callable[..., Any]] = {
+    "00": quickstart_runs, "02": table1_runs, "03": table2_runs, "04": figure6_runs, "05": class_order_runs,
+    "06": poster_semantics_runs, "07": algorithm_runs, "08": explorer_runs, "09": cross_arch_runs}
