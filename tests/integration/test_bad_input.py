@@ -10,15 +10,18 @@ test_durations_recorded at the end (run pytest with -s to see them).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -432,3 +435,62 @@ def test_an_interrupted_exports_leftovers_are_removed(tree: Path, tmp_path: Path
     code, _, err, _ = podd(["export", str(run), "--format", "imagefolder"], tmp_path)
     assert code == 0, err
     assert not left.exists() and (run / "export-imagefolder" / "soft_labels.json").is_file()
+
+
+@contextlib.contextmanager
+def held_by_another(lock_path: Path) -> Iterator[None]:
+    """A kit lock held as another podd process holds it: the file locked (by another open file) and naming its holder."""
+    from filelock import FileLock
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path), timeout=0)
+    lock.acquire()
+    lock_path.write_text(json.dumps({"pid": 4242, "host": "elsewhere", "command": "podd first"}))
+    try:
+        yield
+    finally:
+        lock.release()
+        lock_path.unlink(missing_ok=True)
+
+
+FIRST = "is being written by podd process 4242 on elsewhere (podd first)"
+
+
+@pytest.mark.parametrize("fmt,dest", [("imagefolder", "exp"), ("pt", "exp"), ("pt", "exp.pt")])
+def test_a_second_export_to_the_same_dest_fails_naming_the_first(tree: Path, tmp_path: Path, fmt: str,
+                                                                  dest: str) -> None:
+    from podd_lib.safety import output_lock_path
+
+    with held_by_another(output_lock_path(tmp_path / dest)):
+        code, _, err, _ = podd(["export", str(tree / "run"), "--format", fmt, "--dest", dest], tmp_path)
+        one_line_failure(code, err, f"--dest {dest} {FIRST}")
+    assert sorted(os.listdir(tmp_path)) == []
+    code, _, err, _ = podd(["export", str(tree / "run"), "--format", fmt, "--dest", dest], tmp_path)
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == [dest]  # the lock beside the export is gone once it is written
+
+
+@pytest.mark.parametrize("kind", ["random", "full"])
+def test_a_second_baseline_in_the_same_cache_folder_fails_naming_the_first(tree: Path, tmp_path: Path, monkeypatch,
+                                                                            kind: str) -> None:
+    from podd_lib.config import resolve_config
+    from podd_lib.errors import PoddError
+    from podd_lib.kit import experiments
+    from podd_lib.safety import LOCK
+
+    def no_data(*a, **k):
+        raise AssertionError("the data was loaded although the folder is locked")
+
+    monkeypatch.setattr(experiments, "load_real", no_data)
+    monkeypatch.delenv("PODD_RENDER_ONLY", raising=False)
+    dataset, over = f"imagefolder:{tree / 'toy'}", {"n_classes": 4, "image_size": [32, 32], "zca": False}
+    if kind == "random":
+        folder = experiments.random_dir(resolve_config(dataset, 1.0, "smoke", over), 1.0, tmp_path, dataset)
+        call = lambda: experiments.random_real_baseline(dataset, 1.0, "smoke", tmp_path, over, str(tree), device="cpu")
+    else:
+        cfg = resolve_config(dataset, 1.0, "smoke", over)
+        folder = experiments.full_dir(cfg, cfg["full_epochs"], tmp_path, dataset)
+        call = lambda: experiments.full_data_baseline(dataset, "smoke", tmp_path, over, str(tree), device="cpu")
+    with held_by_another(folder / LOCK):
+        with pytest.raises(PoddError, match=f"run folder {re.escape(str(folder))} {re.escape(FIRST)}"):
+            call()
