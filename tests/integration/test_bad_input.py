@@ -11,6 +11,7 @@ test_durations_recorded at the end (run pytest with -s to see them).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -494,3 +495,136 @@ def test_a_second_baseline_in_the_same_cache_folder_fails_naming_the_first(tree:
     with held_by_another(folder / LOCK):
         with pytest.raises(PoddError, match=f"run folder {re.escape(str(folder))} {re.escape(FIRST)}"):
             call()
+
+
+def count_training_steps(monkeypatch) -> list[int]:
+    """Record every optimiser step of evaluation networks (one per step of the K networks trained together)."""
+    from podd_lib import training
+
+    steps: list[int] = []
+    adam_step = training.adam_step
+
+    def counted(*args, **kwargs):
+        steps.append(1)
+        return adam_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "adam_step", counted)
+    return steps
+
+
+def in_process(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """podd's main() in this process: (exit status, stdout, stderr)."""
+    from podd_lib.cli import main
+
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+EVAL = ["--models", "2", "--eval-steps", "10,20", "--device", "cpu"]  # 20 steps per label kind, a save every 2
+
+
+def test_an_interrupted_evaluation_resumes_where_it_stopped(tree: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from podd_lib import training
+
+    monkeypatch.setenv("CI", "1")
+    run = tmp_path / "run"
+    shutil.copytree(tree / "run", run)
+    steps = count_training_steps(monkeypatch)
+    code, _, err = in_process(capsys, ["evaluate", str(run), *EVAL, "--out", str(tmp_path / "whole.json")])
+    assert code == 0 and len(steps) == 40 and not (run / "eval-progress").exists(), err
+
+    save = training.atomic_torch_save
+
+    def save_then_stop(obj, path) -> None:  # as a kill right after the first saved state
+        save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "atomic_torch_save", save_then_stop)
+    steps.clear()
+    code, _, err = in_process(capsys, ["evaluate", str(run), *EVAL, "--out", str(tmp_path / "resumed.json")])
+    assert code == 130 and err.count("\n") == 1
+    assert f"what was finished is kept in {run / 'eval-progress'}: run the same command again" in err, err
+    trained_before = len(steps)
+    monkeypatch.setattr(training, "atomic_torch_save", save)
+    steps.clear()
+    code, _, err = in_process(capsys, ["evaluate", str(run), *EVAL, "--out", str(tmp_path / "resumed.json")])
+    assert code == 0, err
+    assert 0 < trained_before and len(steps) == 40 - trained_before  # the steps done before are not redone
+    whole, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "resumed"))
+    for kind in ("soft", "hard"):
+        assert resumed[kind]["by_step"] == whole[kind]["by_step"]  # bit for bit: the same draws, the same networks
+    assert not (run / "eval-progress").exists()
+
+
+@pytest.mark.parametrize("err_no", [errno.ENOSPC, errno.EACCES], ids=["full_disk", "read_only"])
+def test_evaluate_keeps_a_finished_evaluation_when_its_out_file_cannot_be_written(tree: Path, tmp_path: Path,
+                                                                                  monkeypatch, capsys,
+                                                                                  err_no: int) -> None:
+    import builtins
+
+    import podd_lib.io
+
+    monkeypatch.setenv("CI", "1")
+    run, out = tmp_path / "run", tmp_path / "results" / "eval.json"
+    shutil.copytree(tree / "run", run)
+    out.parent.mkdir()
+
+    def failing_open(path, *args, **kwargs):  # the temporary file of --out cannot be written
+        if Path(path).name.startswith(f".{out.name}."):
+            raise OSError(err_no, os.strerror(err_no))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(podd_lib.io, "open", failing_open, raising=False)
+    code, stdout, err = in_process(capsys, ["evaluate", str(run), *EVAL, "--out", str(out)])
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err == (f"podd: error: {os.strerror(err_no)} ({out}); what was finished is kept in "
+                   f"{run / 'eval-progress'}: run the same command again to continue from it\n")
+    assert os.listdir(out.parent) == []  # no partial --out, no temporary file
+    monkeypatch.delattr(podd_lib.io, "open")
+    steps = count_training_steps(monkeypatch)
+    code, _, err = in_process(capsys, ["evaluate", str(run), *EVAL, "--out", str(out)])
+    assert code == 0 and steps == [], err  # written from the kept evaluation, nothing trained again
+    assert json.loads(out.read_text())["soft"]["by_step"] == json.loads(stdout.splitlines()[0])["soft"]["by_step"]
+    assert not (run / "eval-progress").exists()
+
+
+def test_a_run_folder_that_becomes_read_only_keeps_its_last_checkpoint(tree: Path, tmp_path: Path, monkeypatch,
+                                                                        capsys) -> None:
+    monkeypatch.setenv("CI", "1")
+    out = tmp_path / "run"
+    argv = ["distill", *base(tree), *RUN_FLAGS, "--steps", "4", "--set", "checkpoint_every=2", "--out", str(out)]
+    replace, saves = os.replace, []
+
+    def read_only_after_first_checkpoint(src, dst) -> None:
+        if Path(dst).name == "checkpoint.pt":
+            saves.append(dst)
+            if len(saves) > 1:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only_after_first_checkpoint)
+    code, _, err = in_process(capsys, argv)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err == (f"podd: error: Permission denied ({out / 'checkpoint.pt'}); the last checkpoint is in {out}: "
+                   f"run the same command with --resume to continue\n")
+    monkeypatch.setattr(os, "replace", replace)
+    assert not list(out.glob(".checkpoint.pt.*"))  # no temporary file left
+    code, _, err = in_process(capsys, [*argv, "--resume"])
+    assert code == 0 and (out / "poster.pt").is_file(), err
+
+
+@pytest.mark.parametrize("command", ["distill", "evaluate"])
+def test_a_read_only_output_folder_is_one_line_before_any_data_is_read(tree: Path, tmp_path: Path, monkeypatch,
+                                                                        capsys, command: str) -> None:
+    import podd_lib.safety
+
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setattr(podd_lib.safety.os, "access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr("podd_lib.data.load_for_config", lambda *a, **k: pytest.fail("data was read"))
+    argv = (["distill", *base(tree), "--out", str(tmp_path / "new")] if command == "distill"
+            else ["evaluate", str(tree / "run"), "--out", str(tmp_path / "eval.json")])
+    code, _, err = in_process(capsys, argv)
+    target = tmp_path / ("new" if command == "distill" else "eval.json")
+    assert code == 2 and err == f"podd: error: --out {target}: cannot write in {tmp_path} (permission denied)\n"
