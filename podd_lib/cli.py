@@ -175,16 +175,30 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
 
 def _check_before_data(cfg: dict) -> None:
-    """Geometry (ImageFolder: class folders listed, no image decoded) and memory, before any data is read."""
+    """Geometry (ImageFolder: class folders listed, no image decoded), memory and a class order file, before any data is read."""
     from .run import geometry_from_config
 
-    if not cfg["n_classes"] and cfg["dataset"].startswith("imagefolder:"):
+    classes = _known_classes(cfg)
+    if not cfg["n_classes"] and classes is not None:
         from .config import derive
-        from .data import imagefolder_classes
 
-        cfg = derive({**cfg, "n_classes": len(imagefolder_classes(cfg["dataset"]))})
+        cfg = derive({**cfg, "n_classes": len(classes)})
     if cfg["n_classes"]:
-        geometry_from_config(cfg)
+        geom = geometry_from_config(cfg)
+        order = str(cfg.get("order", ""))
+        if order.startswith("file:") and order[len("file:"):] and not cfg.get("per_class_posters"):
+            from .poco import check_order_file
+
+            check_order_file(order[len("file:"):], cfg["n_classes"], geom.o_y, geom.o_x, classes)
+
+
+def _known_classes(cfg: dict) -> list[str] | None:
+    """The class names of a config's dataset without reading data (ImageFolder: its folders), or None when only the data names them."""
+    from .data import CIFAR10_CLASSES, imagefolder_classes
+
+    if cfg["dataset"].startswith("imagefolder:"):
+        return imagefolder_classes(cfg["dataset"])
+    return list(CIFAR10_CLASSES) if cfg["dataset"] == "cifar10" else None
 
 
 def cmd_distill(args: argparse.Namespace) -> None:

@@ -628,3 +628,34 @@ def test_a_read_only_output_folder_is_one_line_before_any_data_is_read(tree: Pat
     code, _, err = in_process(capsys, argv)
     target = tmp_path / ("new" if command == "distill" else "eval.json")
     assert code == 2 and err == f"podd: error: --out {target}: cannot write in {tmp_path} (permission denied)\n"
+
+
+ORDER_FILES = {  # name -> (file content, None for no file; the dataset; the one-line message)
+    "missing": (None, "cifar10", "cannot read class order file"),
+    "bad_json": ("[[\"airplane\",", "cifar10", "is not valid JSON"),
+    "not_rows": ('{"a": 1}', "cifar10", "must hold a JSON list of rows"),
+    "unknown_name": (json.dumps([["airplane", "automobile", "bird", "cat", "deer"],
+                                 ["dog", "frog", "horse", "ship", "lorry"]]), "cifar10", "class 'lorry' is not one of"),
+    "wrong_shape": (json.dumps([["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                 "truck"]]), "cifar10", "must be 2 rows of 5 class names"),
+    "imagefolder_unknown_name": (json.dumps([["class0", "class1"], ["class2", "class9"]]), "toy",
+                                 "class 'class9' is not one of"),
+    "names_unknown_until_the_data_twice": (json.dumps([["apple"] * 10] * 10), "cifar100", "names 'apple' more than once"),
+    "names_unknown_until_the_data_shape": (json.dumps([["apple"]]), "cifar100", "must be 10 rows of 10 class names"),
+}
+
+
+@pytest.mark.parametrize("case", list(ORDER_FILES))
+def test_a_bad_class_order_file_fails_before_any_data_is_read(tree: Path, tmp_path: Path, monkeypatch, capsys,
+                                                               case: str) -> None:
+    content, dataset, text = ORDER_FILES[case]
+    path = tmp_path / "order.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setattr("podd_lib.data.load_for_config", lambda *a, **k: pytest.fail("data was read"))
+    data = base(tree) if dataset == "toy" else ["--dataset", dataset, "--ipc", "1", "--profile", "smoke",
+                                                 "--no-download", "--device", "cpu"]
+    code, _, err = in_process(capsys, ["distill", *data, "--order", f"file:{path}", "--out", str(tmp_path / "run")])
+    assert code == 2 and err.count("\n") == 1 and text in err, err
+    assert sorted(os.listdir(tmp_path)) == (["order.json"] if content is not None else [])
