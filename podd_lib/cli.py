@@ -194,10 +194,10 @@ def _check_before_data(cfg: dict) -> None:
 
 def _known_classes(cfg: dict) -> list[str] | None:
     """The class names of a config's dataset without reading data (ImageFolder: its folders), or None when only the data names them."""
-    from .data import CIFAR10_CLASSES, imagefolder_classes
+    from .data import CIFAR10_CLASSES, data_source, imagefolder_classes
 
     if cfg["dataset"].startswith("imagefolder:"):
-        return imagefolder_classes(cfg["dataset"])
+        return imagefolder_classes(data_source(cfg))
     return list(CIFAR10_CLASSES) if cfg["dataset"] == "cifar10" else None
 
 
@@ -293,9 +293,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.baseline == "random":
             ev.check_models_fit_config(cfg, cfg["eval_models"], device)
         if cfg["dataset"].startswith("imagefolder:"):
-            from .data import imagefolder_classes
+            from .data import data_source, imagefolder_classes
 
-            imagefolder_classes(cfg["dataset"])
+            imagefolder_classes(data_source(cfg))
         real = _load_real(cfg, args)
         cfg["n_classes"] = len(real.classes)
         if args.baseline == "random":

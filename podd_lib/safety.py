@@ -378,7 +378,7 @@ def replace_folder(dest: Path, fill: Callable[[Path], None]) -> Path:
 # config.json under "resumes" with the step where it took effect; any other difference refuses.
 RESUME_FREE = frozenset({"steps", "checkpoint_every", "device", "progress", "backend", "compile_steps", "real_chunk",
                          "channels_last", "fused_blocks", "cpu_kernels", "deterministic", "eval_models", "eval_steps",
-                         "full_epochs", "data_root",
+                         "full_epochs", "data_root", "dataset_path",
                          "experts_root", "profile_overrides", "user_overrides"})
 RECORDED = frozenset({"order_grid", "geometry", "resumes"})
 FROM_DATA = frozenset({"n_classes", "image_size", "class_grid", "patch_grid"})

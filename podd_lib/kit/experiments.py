@@ -30,10 +30,12 @@ from ..safety import LOCK, folder_lock
 
 _DATA_CACHE: dict[tuple, object] = {}
 # Not hashed into run keys: bookkeeping; speed settings that change kernels and memory but not the maths;
-# deterministic, which fixes the order of PyTorch's sums; and where the data lives.
+# deterministic, which fixes the order of PyTorch's sums; and where the data lives (data_root, and
+# dataset_path, an ImageFolder's absolute location: its run key keeps the path as given, so runs made
+# before it was recorded keep their keys).
 VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs",
             "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels", "backend", "compile_steps",
-            "deterministic", "data_root")
+            "deterministic", "data_root", "dataset_path")
 
 
 def config_key(cfg: dict) -> str:
@@ -147,9 +149,9 @@ def progress_enabled() -> bool:
 
 def load_real(cfg: dict, data_root: str | None = None):
     """The real data a config asks for, loaded once per process (and cached on disk by data.py)."""
-    from ..data import load_for_config
+    from ..data import data_source, load_for_config
 
-    key = (cfg["dataset"], str(data_root), cfg["zca"], cfg.get("zca_reg"), cfg["train_per_class"], cfg["test_per_class"],
+    key = (data_source(cfg), str(data_root), cfg["zca"], cfg.get("zca_reg"), cfg["train_per_class"], cfg["test_per_class"],
            str(cfg.get("image_size")))
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = load_for_config(cfg, data_root)

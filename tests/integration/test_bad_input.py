@@ -659,3 +659,27 @@ def test_a_bad_class_order_file_fails_before_any_data_is_read(tree: Path, tmp_pa
     code, _, err = in_process(capsys, ["distill", *data, "--order", f"file:{path}", "--out", str(tmp_path / "run")])
     assert code == 2 and err.count("\n") == 1 and text in err, err
     assert sorted(os.listdir(tmp_path)) == (["order.json"] if content is not None else [])
+
+
+def test_a_run_on_a_relative_imagefolder_path_is_evaluated_from_another_folder(tmp_path: Path, monkeypatch,
+                                                                                 capsys) -> None:
+    from podd_lib.config import resolve_config
+    from podd_lib.kit.experiments import config_key
+
+    monkeypatch.setenv("CI", "1")
+    make_imagefolder(tmp_path / "project" / "toy")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    code, _, err = in_process(capsys, ["distill", "--dataset", "imagefolder:toy", "--profile", "smoke", "--order",
+                                       "identity", "--no-download", "--device", "cpu", *RUN_FLAGS, "--steps", "2",
+                                       "--out", "run"])
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, err = in_process(capsys, ["evaluate", "../project/run", "--models", "1", "--eval-steps", "2", "--device",
+                                       "cpu", "--out", "eval.json"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "elsewhere" / "eval.json").read_text())["soft"]["final"]["step"] == 2
+    cfg = json.loads((tmp_path / "project" / "run" / "config.json").read_text())
+    assert cfg["dataset"] == "imagefolder:toy" and cfg["dataset_path"] == str(tmp_path / "project" / "toy")
+    resolved = resolve_config("imagefolder:toy", 1.0, "smoke")  # the run key keeps the path as given
+    assert config_key(resolved) == config_key({k: v for k, v in resolved.items() if k != "dataset_path"})
