@@ -35,6 +35,7 @@
 # Exit status: 0 all good, 1 a run or a notebook failed, 2 bad input.
 set -euo pipefail
 
+. "$(dirname "${BASH_SOURCE[0]}")/scripts/user_paths.sh"  # relative data roots: from the folder typed in
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }

@@ -175,16 +175,30 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
 
 def _check_before_data(cfg: dict) -> None:
-    """Geometry (ImageFolder: class folders listed, no image decoded) and memory, before any data is read."""
+    """Geometry (ImageFolder: class folders listed, no image decoded), memory and a class order file, before any data is read."""
     from .run import geometry_from_config
 
-    if not cfg["n_classes"] and cfg["dataset"].startswith("imagefolder:"):
+    classes = _known_classes(cfg)
+    if not cfg["n_classes"] and classes is not None:
         from .config import derive
-        from .data import imagefolder_classes
 
-        cfg = derive({**cfg, "n_classes": len(imagefolder_classes(cfg["dataset"]))})
+        cfg = derive({**cfg, "n_classes": len(classes)})
     if cfg["n_classes"]:
-        geometry_from_config(cfg)
+        geom = geometry_from_config(cfg)
+        order = str(cfg.get("order", ""))
+        if order.startswith("file:") and order[len("file:"):] and not cfg.get("per_class_posters"):
+            from .poco import check_order_file
+
+            check_order_file(order[len("file:"):], cfg["n_classes"], geom.o_y, geom.o_x, classes)
+
+
+def _known_classes(cfg: dict) -> list[str] | None:
+    """The class names of a config's dataset without reading data (ImageFolder: its folders), or None when only the data names them."""
+    from .data import CIFAR10_CLASSES, data_source, imagefolder_classes
+
+    if cfg["dataset"].startswith("imagefolder:"):
+        return imagefolder_classes(data_source(cfg))
+    return list(CIFAR10_CLASSES) if cfg["dataset"] == "cifar10" else None
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -264,6 +278,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         out = Path(args.out) if args.out else Path(args.run) / "eval.json"
         _check_out_file(out)
         ev.check_models_fit_config(cfg, cfg["eval_models"], device, int(run["x"].shape[1]))
+        keeps_progress = _keeps_progress(Path(args.run))
         real = _load_real(cfg, args)
         x, y, what = run["x"], run["y"], f"poster {args.run}"
     else:
@@ -278,9 +293,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.baseline == "random":
             ev.check_models_fit_config(cfg, cfg["eval_models"], device)
         if cfg["dataset"].startswith("imagefolder:"):
-            from .data import imagefolder_classes
+            from .data import data_source, imagefolder_classes
 
-            imagefolder_classes(cfg["dataset"])
+            imagefolder_classes(data_source(cfg))
         real = _load_real(cfg, args)
         cfg["n_classes"] = len(real.classes)
         if args.baseline == "random":
@@ -296,9 +311,63 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             epochs=args.epochs if args.epochs is not None else cfg["full_epochs"], augmentation=cfg["real_aug"],
             seed=cfg["seed"], device=device, progress=_progress(),
         )
-    else:
+        _write_result(result, what, cfg, out)
+    elif not args.run:
         result = ev.evaluate_distilled(x, y, real, protocol, device=device, progress=_progress(),
-                                       with_hard_labels=bool(args.run))  # real images: already one-hot
+                                       with_hard_labels=False)  # real images: already one-hot
+        _write_result(result, what, cfg, out)
+    elif not keeps_progress:
+        result = ev.evaluate_distilled(x, y, real, protocol, device=device, progress=_progress())
+        _write_result(result, what, cfg, out)
+    else:
+        from .safety import folder_lock
+
+        run_dir = Path(args.run)
+        with folder_lock(run_dir, "run folder"):
+            progress = run_dir / PROGRESS / f"evaluate-{ev.progress_key(protocol, x, y, True, _data_identity(cfg))}"
+            result = ev.evaluate_distilled(x, y, real, protocol, device=device, progress=_progress(),
+                                           resume_dir=progress)
+            _write_result(result, what, cfg, out)
+            _clear_progress(progress)
+
+
+PROGRESS = "eval-progress"  # in a run folder: finished parts of evaluations, kept until the result is written
+
+
+def _keeps_progress(run_dir: Path) -> bool:
+    """Whether evaluating a run keeps its progress in the run folder: it can be written (else a note says it cannot).
+
+    Before any data is read, a writer holding the run folder fails here in one line naming it.
+    """
+    from .safety import check_unlocked
+
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        print(f"podd: note: {run_dir} is read-only; this evaluation keeps no progress there "
+              f"(interrupted, it starts again)", file=sys.stderr)
+        return False
+    check_unlocked(run_dir, "run folder")
+    return True
+
+
+def _data_identity(cfg: dict) -> dict:
+    """The settings that fix a run's test data and preprocessing (part of an evaluation's progress key)."""
+    return {k: cfg.get(k) for k in ("dataset", "zca", "zca_reg", "train_per_class", "test_per_class", "image_size")}
+
+
+def _clear_progress(progress: Path) -> None:
+    """Remove an evaluation's progress once its result is written (and the progress folder when it is left empty)."""
+    import contextlib
+    import shutil
+
+    shutil.rmtree(progress, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        progress.parent.rmdir()
+
+
+def _write_result(result: dict, what: str, cfg: dict, out: Path) -> None:
+    """Record what was evaluated and with which settings, write the result to out, print its summary."""
+    from . import evaluate as ev
+
     result["what"] = what
     result["config"] = {k: cfg.get(k) for k in ("dataset", "ipc", "profile", "zca", "width", "arch")}
     try:
@@ -506,6 +575,9 @@ def _resume_hint(args: argparse.Namespace) -> str:
         return f"the last checkpoint is in {args.out}: run the same command with --resume to continue"
     if args.cmd == "distill":
         return "no checkpoint was written yet: run the same command again"
+    progress = Path(args.run) / PROGRESS if args.cmd == "evaluate" and args.run else None
+    if progress is not None and any(progress.glob("evaluate-*/*")):
+        return f"what was finished is kept in {progress}: run the same command again to continue from it"
     return "every file is written atomically, nothing is half-written: run the same command again"
 
 

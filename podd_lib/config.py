@@ -169,6 +169,8 @@ def resolve_config(
     cfg["profile"] = profile
     cfg["profile_overrides"] = {k: v for k, v in changes.items() if k not in (overrides or {})}
     cfg["user_overrides"] = dict(overrides or {})
+    if cfg["dataset"].startswith("imagefolder:"):  # where the data is, from any working directory (not hashed)
+        cfg["dataset_path"] = str(Path(cfg["dataset"][len("imagefolder:"):]).expanduser().resolve())
     return derive(cfg)
 
 

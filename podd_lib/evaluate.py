@@ -34,10 +34,11 @@ Accuracies are percentages.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -345,6 +346,20 @@ def evaluate_distilled(
     soft = phase("soft")
     hard = phase("hard") if with_hard_labels else None
     return {"protocol": record, "soft": soft, "hard": hard}
+
+
+def progress_key(protocol: EvalProtocol, x_syn: Tensor, y_syn: Tensor, with_hard_labels: bool, data: dict) -> str:
+    """A short hash of what an evaluation's result depends on: protocol, the set's bytes, label kinds and test data.
+
+    An evaluation resumes only from progress with the same key, so a changed poster, --models or
+    --eval-steps starts afresh instead of mixing two evaluations.
+    """
+    h = hashlib.sha256(json.dumps({"protocol": asdict(protocol), "hard": bool(with_hard_labels),
+                                   "data": data}, sort_keys=True, default=str).encode())
+    for t in (x_syn, y_syn):
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def protocol_from_config(cfg: dict) -> EvalProtocol:

@@ -8,7 +8,7 @@ import torch
 
 from .errors import PoddError
 from .io import atomic_torch_save, atomic_write_json, torch_save_file
-from .safety import check_export_dest, check_name, replace_folder, write_marker
+from .safety import check_export_dest, check_name, output_lock, replace_folder, write_marker
 
 
 def export_run(run: dict, fmt: str, dest: Path, run_dir: Path | None = None) -> Path:
@@ -19,6 +19,12 @@ def export_run(run: dict, fmt: str, dest: Path, run_dir: Path | None = None) -> 
     """
     if fmt not in ("pt", "imagefolder"):
         raise PoddError(f"unknown export format {fmt!r}; use pt or imagefolder")
+    with output_lock(dest, "--dest"):
+        return _export_locked(run, fmt, Path(dest), run_dir)
+
+
+def _export_locked(run: dict, fmt: str, dest: Path, run_dir: Path | None) -> Path:
+    """export_run while this process holds dest's lock."""
     run_id = str(Path(run_dir).resolve()) if run_dir is not None else ""
     if run_dir is not None:
         check_export_dest(Path(run_dir), dest, fmt)

@@ -238,22 +238,62 @@ def paper_order(dataset: str, classes: Sequence[str], o_y: int, o_x: int) -> Ord
                           len(classes), o_y, o_x)
 
 
-def file_order(path: str | os.PathLike, classes: Sequence[str], o_y: int, o_x: int) -> Order:
-    """An ordering read from a JSON file: a list of rows of class names or of class indices."""
+def read_order_file(path: str | os.PathLike) -> list[list[Any]]:
+    """The rows of a class order file (a JSON list of rows); a missing, unreadable or malformed file is one line."""
     try:
         with open(path, encoding="utf-8") as f:
             rows = json.load(f)
     except OSError as exc:
         raise PoddError(f"cannot read class order file {str(path)!r}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise PoddError(f"class order file {str(path)!r} is not valid JSON: {exc.msg} "
-                        f"(line {exc.lineno})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        why = f"{exc.msg} (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise PoddError(f"class order file {str(path)!r} is not valid JSON: {why}") from exc
     if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
         raise PoddError(f"class order file {str(path)!r} must hold a JSON list of rows")
+    return rows
+
+
+def _all_names(rows: list[list[Any]]) -> bool:
+    """Whether an order file names its classes (else it holds class indices)."""
     flat = [v for r in rows for v in r]
-    if flat and all(isinstance(v, str) for v in flat):
+    return bool(flat) and all(isinstance(v, str) for v in flat)
+
+
+def file_order(path: str | os.PathLike, classes: Sequence[str], o_y: int, o_x: int) -> Order:
+    """An ordering read from a JSON file: a list of rows of class names or of class indices."""
+    rows = read_order_file(path)
+    if _all_names(rows):
+        _check_name_grid(rows, path, len(classes), o_y, o_x)
         rows = _names_to_indices(rows, classes, f"class order file {str(path)!r}")
     return validate_order(rows, len(classes), o_y, o_x)
+
+
+def _check_name_grid(rows: list[list[str]], path: str | os.PathLike, n_classes: int, o_y: int, o_x: int) -> None:
+    """A grid of class names: o_y rows of o_x names, none named twice."""
+    _check_grid(n_classes, o_y, o_x)
+    if len(rows) != o_y or any(len(r) != o_x for r in rows):
+        raise PoddError(f"class order file {str(path)!r} must be {o_y} rows of {o_x} class names")
+    names = [_norm_name(v) for r in rows for v in r]
+    twice = sorted({v for v in names if names.count(v) > 1})
+    if twice:
+        raise PoddError(f"class order file {str(path)!r} names {twice[0]!r} more than once")
+
+
+def check_order_file(path: str | os.PathLike, n_classes: int, o_y: int, o_x: int,
+                     classes: Sequence[str] | None = None) -> None:
+    """Check a class order file before any data is read: fully when the class names are known, else its grid.
+
+    Without the names (datasets whose names come with their data) a file of names is checked for
+    its shape and repeats; the names themselves are matched once the data is read.
+    """
+    if classes is not None:
+        file_order(path, classes, o_y, o_x)
+        return
+    rows = read_order_file(path)
+    if _all_names(rows):
+        _check_name_grid(rows, path, n_classes, o_y, o_x)
+    else:
+        validate_order(rows, n_classes, o_y, o_x)
 
 
 def _parse_seed(text: str) -> int:

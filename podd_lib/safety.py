@@ -22,7 +22,7 @@ from .io import atomic_write_json
 
 MARKER = ".podd-kit.json"
 LOCK = ".podd-kit.lock"  # held by the one process writing a folder; it names that process
-_HELD: dict[str, object] = {}  # folders this process holds the lock of -> its FileLock (locks are re-entrant)
+_HELD: dict[str, object] = {}  # lock files this process holds -> their FileLock (locks are re-entrant)
 
 
 def read_marker(folder: Path) -> dict | None:
@@ -83,48 +83,55 @@ def _command_line() -> str:
     return " ".join([prog, *argv[1:]])[:200]
 
 
-def _acquire(folder: Path, flag: str):
-    """FOLDER's lock, taken without waiting; held by another process: one line naming it."""
+def _acquire(lock_path: Path, shown: Path, flag: str):
+    """The lock at lock_path, taken without waiting; held by another process: one line naming it and SHOWN."""
     from filelock import FileLock, Timeout
 
-    lock_path = Path(folder) / LOCK
     lock = FileLock(str(lock_path), timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        raise PoddError(f"{flag} {folder} is being written by {_lock_owner(lock_path)}; wait for it to finish "
+        raise PoddError(f"{flag} {shown} is being written by {_lock_owner(lock_path)}; wait for it to finish "
                         f"or choose another {flag}") from None
     return lock
 
 
-def check_unlocked(folder: Path, flag: str = "--out") -> None:
-    """Fail in one line, naming the writer, when another process holds the folder's lock (nothing is changed)."""
-    lock_path = Path(folder) / LOCK
-    if str(Path(folder).resolve()) in _HELD or not lock_path.is_file():
+def _name_holder(lock_path: Path) -> None:
+    """Write who holds a lock into its file (the lock is on the open file, not its contents)."""
+    with open(lock_path, "w", encoding="utf-8") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": _command_line()[:200]}, f)
+
+
+def _check_free(lock_path: Path, shown: Path, flag: str) -> None:
+    """Fail in one line, naming the writer, when another process holds the lock at lock_path (nothing is changed)."""
+    if str(lock_path) in _HELD or not lock_path.is_file():
         return
     try:
-        lock = _acquire(folder, flag)
+        lock = _acquire(lock_path, shown, flag)
     except OSError:  # a lock file we cannot open: the writable checks name the problem
         return
     lock.release()
+
+
+def check_unlocked(folder: Path, flag: str = "--out") -> None:
+    """Fail in one line, naming the writer, when another process holds the folder's lock (nothing is changed)."""
+    _check_free(Path(folder).resolve() / LOCK, Path(folder), flag)
 
 
 @contextlib.contextmanager
 def folder_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
     """Hold FOLDER/.podd-kit.lock while writing the folder; a second writer fails in one line naming the first."""
     folder = Path(folder)
-    key = str(folder.resolve())
+    key = str(folder.resolve() / LOCK)
     if key in _HELD:  # this process already writes the folder
         yield
         return
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK
-    lock = _acquire(folder, flag)
+    lock = _acquire(lock_path, folder, flag)
     try:
-        command = _command_line()
-        with open(lock_path, "w", encoding="utf-8") as f:  # the lock is on the open file, not its contents
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": command[:200]}, f)
+        _name_holder(lock_path)
         _HELD[key] = lock
         yield
     finally:
@@ -136,6 +143,43 @@ def folder_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
             (folder / LOCK).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def output_lock_path(dest: Path) -> Path:
+    """The lock of an output replaced whole (an export): .NAME.podd-kit.lock beside it, since the swap replaces DEST itself."""
+    dest = Path(dest).resolve()
+    return dest.parent / f".{dest.name}{LOCK}"
+
+
+def check_output_unlocked(dest: Path, flag: str = "--dest") -> None:
+    """Fail in one line, naming the writer, when another process is writing the output DEST (nothing is changed)."""
+    _check_free(output_lock_path(dest), Path(dest), flag)
+
+
+@contextlib.contextmanager
+def output_lock(dest: Path, flag: str = "--dest") -> Iterator[None]:
+    """Hold DEST's lock (output_lock_path) while DEST is built and swapped in; a second writer fails naming the first.
+
+    The lock file is removed on release, so no trace is left beside DEST. A process that opened it
+    just before the removal and locks it just after holds a lock nobody else sees; the window is a
+    few instructions long, and each writer still swaps in a whole output (replace_folder).
+    """
+    lock_path = output_lock_path(dest)
+    key = str(lock_path)
+    if key in _HELD:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _acquire(lock_path, Path(dest), flag)
+    try:
+        _name_holder(lock_path)
+        _HELD[key] = lock
+        yield
+    finally:
+        _HELD.pop(key, None)
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        lock.release()
 
 
 def _check_writable(path: Path, flag: str) -> None:
@@ -213,6 +257,7 @@ def check_export_dest(run: Path, dest: Path, fmt: str) -> None:
     run_r, dest_r = Path(run).resolve(), Path(dest).resolve()
     if dest_r == run_r or dest_r in run_r.parents:
         raise PoddError(f"--dest {dest} would replace the run folder {run}; give a new folder")
+    check_output_unlocked(Path(dest), "--dest")
     if fmt == "pt" and dest_r.suffix == ".pt":
         if dest_r.is_dir():
             raise PoddError(f"--dest {dest} is a folder; give a new .pt file name or a folder without the .pt suffix")
@@ -333,7 +378,7 @@ def replace_folder(dest: Path, fill: Callable[[Path], None]) -> Path:
 # config.json under "resumes" with the step where it took effect; any other difference refuses.
 RESUME_FREE = frozenset({"steps", "checkpoint_every", "device", "progress", "backend", "compile_steps", "real_chunk",
                          "channels_last", "fused_blocks", "cpu_kernels", "deterministic", "eval_models", "eval_steps",
-                         "full_epochs", "data_root",
+                         "full_epochs", "data_root", "dataset_path",
                          "experts_root", "profile_overrides", "user_overrides"})
 RECORDED = frozenset({"order_grid", "geometry", "resumes"})
 FROM_DATA = frozenset({"n_classes", "image_size", "class_grid", "patch_grid"})

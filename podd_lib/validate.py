@@ -139,7 +139,7 @@ REQUIRED = frozenset(f.name for f in dataclasses.fields(ConfigSchema)
 # Keys written into config.json by the kit itself (derived or recorded), accepted when a run's
 # config is read back; a user cannot set them.
 DERIVED_KEYS = frozenset({"profile", "profile_overrides", "user_overrides", "label_kind", "order_grid", "geometry",
-                          "resumes"})
+                          "resumes", "dataset_path"})
 # Keys a user sets that must be >= 1 even though a config file may hold 0 ("derive it").
 USER_COUNTS = ("steps",)
 

@@ -11,7 +11,8 @@
 #   Jupyter kernel `python3` is registered inside the venv so that papermill / nbval (`-k python3`)
 #   run notebooks with the venv's python.
 # - A stamp (sha256 of pyproject.toml and requirements.lock) in .venv/.podd-stamp skips the install
-#   when nothing changed, so a second call returns at once. Delete .venv to start over.
+#   when nothing changed, so a second call returns at once. Delete .venv to start over; a .venv
+#   without a working python or pip (an interrupted first build) is rebuilt by the next call.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,8 +22,7 @@ STAMP="$VENV/.podd-stamp"
 say() { echo "[ensure_env] $*" >&2; }
 die() { echo "[ensure_env] ERROR: $*" >&2; exit 1; }
 
-# Exit 0 when "$1" is a Python >= 3.10.
-py_ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; }
+. "$REPO/scripts/venv_check.sh"  # py_ok, venv_problem
 
 # ---------------------------------------------------------------- 1. user-supplied interpreter
 if [ -n "${PODD_PYTHON:-}" ]; then
@@ -51,6 +51,13 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_WANT" ] \
     && [ -f "$KERNEL_JSON" ] && grep -qF "\"$PY\"" "$KERNEL_JSON"; then
     echo "$PY"
     exit 0
+fi
+
+# A venv left broken by an interrupted first build (no pip) is rebuilt, not reported on every call.
+PROBLEM="$(venv_problem "$VENV")"
+if [ -n "$PROBLEM" ]; then
+    say "existing .venv cannot be used ($PROBLEM); recreating it"
+    rm -rf "$VENV"
 fi
 
 if [ ! -x "$PY" ]; then

@@ -11,6 +11,7 @@
 # otherwise; the data root is the one ./run_all.sh uses. Ctrl-C stops the server.
 set -euo pipefail
 
+. "$(dirname "${BASH_SOURCE[0]}")/user_paths.sh"  # relative data roots: from the folder typed in
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 die() { echo "lab: $*" >&2; echo "(scripts/lab.sh --help for usage)" >&2; exit 2; }

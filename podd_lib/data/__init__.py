@@ -141,21 +141,35 @@ def _fit_zca_cached(raw: RawData, root: Path, raw_key: dict[str, Any], strength:
     return zca
 
 
+def data_source(cfg: dict) -> str:
+    """The dataset a config reads: imagefolder:ABSOLUTE for an ImageFolder whose location it recorded, else its name.
+
+    An ImageFolder given by a relative path keeps that path as its name (in the run key) and its
+    absolute location in dataset_path, so its run loads the same data from any working directory.
+    """
+    name = str(cfg["dataset"])
+    if name.startswith("imagefolder:") and cfg.get("dataset_path"):
+        return f"imagefolder:{cfg['dataset_path']}"
+    return name
+
+
 def zca_for_config(cfg: dict, data_root: str | os.PathLike | None = None) -> ZCA:
     """The ZCA whitening a run's config was made with, from its training data (both cached on disk); no download."""
-    size = tuple(cfg["image_size"]) if str(cfg["dataset"]).startswith("imagefolder:") and cfg.get("image_size") else None
+    name = data_source(cfg)
+    size = tuple(cfg["image_size"]) if name.startswith("imagefolder:") and cfg.get("image_size") else None
     reg = float(cfg.get("zca_reg", DEFAULT_ZCA_REG))
     tpc, vpc = cfg["train_per_class"] or None, cfg["test_per_class"] or None
-    size = _check_options(cfg["dataset"], tpc, vpc, size, reg)
+    size = _check_options(name, tpc, vpc, size, reg)
     root = resolve_data_root(data_root)
-    raw, raw_key = _load_raw(cfg["dataset"], root, False, tpc, vpc, size, True)
+    raw, raw_key = _load_raw(name, root, False, tpc, vpc, size, True)
     return _fit_zca_cached(raw, root, raw_key, reg, True)
 
 
 def load_for_config(cfg: dict, data_root: str | os.PathLike | None = None, download: bool = True) -> RealData:
     """The real data a run's config asks for: its dataset, slices, ZCA and regulariser (and size, for ImageFolder)."""
-    size = tuple(cfg["image_size"]) if str(cfg["dataset"]).startswith("imagefolder:") and cfg.get("image_size") else None
-    return load_dataset(cfg["dataset"], data_root=data_root, zca=cfg["zca"], download=download,
+    name = data_source(cfg)
+    size = tuple(cfg["image_size"]) if name.startswith("imagefolder:") and cfg.get("image_size") else None
+    return load_dataset(name, data_root=data_root, zca=cfg["zca"], download=download,
                         train_per_class=cfg["train_per_class"] or None, test_per_class=cfg["test_per_class"] or None,
                         image_size=size, zca_reg=float(cfg.get("zca_reg", DEFAULT_ZCA_REG)))
 

@@ -26,14 +26,16 @@ from typing import Callable
 from ..config import resolve_config, tiling_overrides
 from ..errors import PoddError
 from ..io import atomic_write_json
-from ..safety import LOCK
+from ..safety import LOCK, folder_lock
 
 _DATA_CACHE: dict[tuple, object] = {}
 # Not hashed into run keys: bookkeeping; speed settings that change kernels and memory but not the maths;
-# deterministic, which fixes the order of PyTorch's sums; and where the data lives.
+# deterministic, which fixes the order of PyTorch's sums; and where the data lives (data_root, and
+# dataset_path, an ImageFolder's absolute location: its run key keeps the path as given, so runs made
+# before it was recorded keep their keys).
 VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkpoint_every", "full_epochs",
             "experts_root", "real_chunk", "channels_last", "fused_blocks", "cpu_kernels", "backend", "compile_steps",
-            "deterministic", "data_root")
+            "deterministic", "data_root", "dataset_path")
 
 
 def config_key(cfg: dict) -> str:
@@ -147,9 +149,9 @@ def progress_enabled() -> bool:
 
 def load_real(cfg: dict, data_root: str | None = None):
     """The real data a config asks for, loaded once per process (and cached on disk by data.py)."""
-    from ..data import load_for_config
+    from ..data import data_source, load_for_config
 
-    key = (cfg["dataset"], str(data_root), cfg["zca"], cfg.get("zca_reg"), cfg["train_per_class"], cfg["test_per_class"],
+    key = (data_source(cfg), str(data_root), cfg["zca"], cfg.get("zca_reg"), cfg["train_per_class"], cfg["test_per_class"],
            str(cfg.get("image_size")))
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = load_for_config(cfg, data_root)
@@ -208,8 +210,6 @@ def distill_and_evaluate(
             "tag": tag, "dataset": dataset, "ipc": ipc, "exact_ipc": geom0.ipc, "profile": profile,
             "seed": cfg["seed"], "config_key": config_key(cfg), "geometry": geom0.to_dict(), "label_kind": cfg["label_kind"],
             "steps": cfg["steps"], "seconds_per_step_median": None, "command": command, "config": cfg})
-    from ..safety import folder_lock
-
     with folder_lock(run_dir, "run folder"):
         if force and run_dir.exists():
             for entry in run_dir.iterdir():  # the lock file stays: this process holds it
@@ -298,16 +298,17 @@ def random_real_baseline(
             "command": command}
     if render_only():
         return missing_result(folder, base)
-    real = load_real(cfg, data_root)
-    x, y = random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=ipc, seed=cfg["seed"])
-    dev = device_name(device)
-    ev = evaluate_distilled(x, y, real, with_hard_labels=False, **_eval_kwargs(cfg, dev),
-                            resume_dir=folder / "eval-progress",
-                            on_step=None if report is None else (lambda kind, k, n: report(f"eval {kind}", k, n)))
-    result = {**base, "n_images": int(x.shape[0]), "eval": ev, "summary": summarize_eval(ev),
-              "computed_on": computed_on(dev)}
-    atomic_write_json(path, result)
-    _clear_progress(folder)
+    with folder_lock(folder, "run folder"):
+        real = load_real(cfg, data_root)
+        x, y = random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=ipc, seed=cfg["seed"])
+        dev = device_name(device)
+        ev = evaluate_distilled(x, y, real, with_hard_labels=False, **_eval_kwargs(cfg, dev),
+                                resume_dir=folder / "eval-progress",
+                                on_step=None if report is None else (lambda kind, k, n: report(f"eval {kind}", k, n)))
+        result = {**base, "n_images": int(x.shape[0]), "eval": ev, "summary": summarize_eval(ev),
+                  "computed_on": computed_on(dev)}
+        atomic_write_json(path, result)
+        _clear_progress(folder)
     return result
 
 
@@ -332,19 +333,20 @@ def full_data_baseline(
             f"{set_flags(overrides)}"}
     if render_only():
         return missing_result(folder, base)
-    real = load_real(cfg, data_root)
-    dev = device_name(device)
-    net = protocol_from_config(cfg)  # the same network as the distilled sets' evaluation
-    r = full_dataset_baseline(
-        real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes), arch=net.arch,
-        epochs=ep, augmentation=cfg["real_aug"], seed=cfg["seed"], device=dev,
-        progress=progress_enabled(), arch_kwargs=net.arch_kwargs,
-        state_path=folder / "eval-progress" / "full.pt",
-        on_step=None if report is None else (lambda k, n: report("train full", k, n)),
-    )
-    result = {**base, "eval": r, "computed_on": computed_on(dev)}
-    atomic_write_json(path, result)
-    _clear_progress(folder)
+    with folder_lock(folder, "run folder"):
+        real = load_real(cfg, data_root)
+        dev = device_name(device)
+        net = protocol_from_config(cfg)  # the same network as the distilled sets' evaluation
+        r = full_dataset_baseline(
+            real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes), arch=net.arch,
+            epochs=ep, augmentation=cfg["real_aug"], seed=cfg["seed"], device=dev,
+            progress=progress_enabled(), arch_kwargs=net.arch_kwargs,
+            state_path=folder / "eval-progress" / "full.pt",
+            on_step=None if report is None else (lambda k, n: report("train full", k, n)),
+        )
+        result = {**base, "eval": r, "computed_on": computed_on(dev)}
+        atomic_write_json(path, result)
+        _clear_progress(folder)
     return result
 
 
@@ -405,8 +407,6 @@ def cross_arch_run(
     evaluation (same architecture, networks and steps) that result is reused. The set is computed first
     if it is not cached (force applies to this evaluation only).
     """
-    from ..evaluate import evaluate_distilled, random_real_subset
-
     if arch not in ARCHS:
         raise PoddError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     steps, tag = [int(s) for s in steps], tag or ("random" if kind == "random" else "podd")
@@ -427,6 +427,17 @@ def cross_arch_run(
                 **({"missing": True, "why_missing": source.get("why_missing")} if source.get("missing") else {})}
     if render_only():
         return missing_result(folder, base)
+    with folder_lock(folder, "run folder"):
+        return _cross_arch_locked(kind, cfg, ipc, arch, num_models, steps, data_root, device, report, source,
+                                  base, folder)
+
+
+def _cross_arch_locked(kind: str, cfg: dict, ipc: float, arch: str, num_models: int, steps: list[int],
+                       data_root: str | None, device: str, report: Report | None, source: dict, base: dict,
+                       folder: Path) -> dict:
+    """cross_arch_run's evaluation while this process holds its folder's lock."""
+    from ..evaluate import evaluate_distilled, random_real_subset
+
     real = load_real(cfg, data_root)
     if kind == "distill":
         from ..run import load_run

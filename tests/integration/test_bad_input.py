@@ -10,15 +10,19 @@ test_durations_recorded at the end (run pytest with -s to see them).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -432,3 +436,250 @@ def test_an_interrupted_exports_leftovers_are_removed(tree: Path, tmp_path: Path
     code, _, err, _ = podd(["export", str(run), "--format", "imagefolder"], tmp_path)
     assert code == 0, err
     assert not left.exists() and (run / "export-imagefolder" / "soft_labels.json").is_file()
+
+
+@contextlib.contextmanager
+def held_by_another(lock_path: Path) -> Iterator[None]:
+    """A kit lock held as another podd process holds it: the file locked (by another open file) and naming its holder."""
+    from filelock import FileLock
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path), timeout=0)
+    lock.acquire()
+    lock_path.write_text(json.dumps({"pid": 4242, "host": "elsewhere", "command": "podd first"}))
+    try:
+        yield
+    finally:
+        lock.release()
+        lock_path.unlink(missing_ok=True)
+
+
+FIRST = "is being written by podd process 4242 on elsewhere (podd first)"
+
+
+@pytest.mark.parametrize("fmt,dest", [("imagefolder", "exp"), ("pt", "exp"), ("pt", "exp.pt")])
+def test_a_second_export_to_the_same_dest_fails_naming_the_first(tree: Path, tmp_path: Path, fmt: str,
+                                                                  dest: str) -> None:
+    from podd_lib.safety import output_lock_path
+
+    with held_by_another(output_lock_path(tmp_path / dest)):
+        code, _, err, _ = podd(["export", str(tree / "run"), "--format", fmt, "--dest", dest], tmp_path)
+        one_line_failure(code, err, f"--dest {dest} {FIRST}")
+    assert sorted(os.listdir(tmp_path)) == []
+    code, _, err, _ = podd(["export", str(tree / "run"), "--format", fmt, "--dest", dest], tmp_path)
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == [dest]  # the lock beside the export is gone once it is written
+
+
+@pytest.mark.parametrize("kind", ["random", "full"])
+def test_a_second_baseline_in_the_same_cache_folder_fails_naming_the_first(tree: Path, tmp_path: Path, monkeypatch,
+                                                                            kind: str) -> None:
+    from podd_lib.config import resolve_config
+    from podd_lib.errors import PoddError
+    from podd_lib.kit import experiments
+    from podd_lib.safety import LOCK
+
+    def no_data(*a, **k):
+        raise AssertionError("the data was loaded although the folder is locked")
+
+    monkeypatch.setattr(experiments, "load_real", no_data)
+    monkeypatch.delenv("PODD_RENDER_ONLY", raising=False)
+    dataset, over = f"imagefolder:{tree / 'toy'}", {"n_classes": 4, "image_size": [32, 32], "zca": False}
+    if kind == "random":
+        folder = experiments.random_dir(resolve_config(dataset, 1.0, "smoke", over), 1.0, tmp_path, dataset)
+        call = lambda: experiments.random_real_baseline(dataset, 1.0, "smoke", tmp_path, over, str(tree), device="cpu")
+    else:
+        cfg = resolve_config(dataset, 1.0, "smoke", over)
+        folder = experiments.full_dir(cfg, cfg["full_epochs"], tmp_path, dataset)
+        call = lambda: experiments.full_data_baseline(dataset, "smoke", tmp_path, over, str(tree), device="cpu")
+    with held_by_another(folder / LOCK):
+        with pytest.raises(PoddError, match=f"run folder {re.escape(str(folder))} {re.escape(FIRST)}"):
+            call()
+
+
+def count_training_steps(monkeypatch) -> list[int]:
+    """Record every optimiser step of evaluation networks (one per step of the K networks trained together)."""
+    from podd_lib import training
+
+    steps: list[int] = []
+    adam_step = training.adam_step
+
+    def counted(*args, **kwargs):
+        steps.append(1)
+        return adam_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "adam_step", counted)
+    return steps
+
+
+def in_process(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """podd's main() in this process: (exit status, stdout, stderr)."""
+    from podd_lib.cli import main
+
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+EVAL = ["--models", "2", "--eval-steps", "10,20", "--device", "cpu"]  # 20 steps per label kind, a save every 2
+
+
+def test_an_interrupted_evaluation_resumes_where_it_stopped(tree: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from podd_lib import training
+
+    monkeypatch.setenv("CI", "1")
+    run = tmp_path / "run"
+    shutil.copytree(tree / "run", run)
+    steps = count_training_steps(monkeypatch)
+    code, _, err = in_process(capsys, ["evaluate", str(run), *EVAL, "--out", str(tmp_path / "whole.json")])
+    assert code == 0 and len(steps) == 40 and not (run / "eval-progress").exists(), err
+
+    save = training.atomic_torch_save
+
+    def save_then_stop(obj, path) -> None:  # as a kill right after the first saved state
+        save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "atomic_torch_save", save_then_stop)
+    steps.clear()
+    code, _, err = in_process(capsys, ["evaluate", str(run), *EVAL, "--out", str(tmp_path / "resumed.json")])
+    assert code == 130 and err.count("\n") == 1
+    assert f"what was finished is kept in {run / 'eval-progress'}: run the same command again" in err, err
+    trained_before = len(steps)
+    monkeypatch.setattr(training, "atomic_torch_save", save)
+    steps.clear()
+    code, _, err = in_process(capsys, ["evaluate", str(run), *EVAL, "--out", str(tmp_path / "resumed.json")])
+    assert code == 0, err
+    assert 0 < trained_before and len(steps) == 40 - trained_before  # the steps done before are not redone
+    whole, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "resumed"))
+    for kind in ("soft", "hard"):
+        assert resumed[kind]["by_step"] == whole[kind]["by_step"]  # bit for bit: the same draws, the same networks
+    assert not (run / "eval-progress").exists()
+
+
+@pytest.mark.parametrize("err_no", [errno.ENOSPC, errno.EACCES], ids=["full_disk", "read_only"])
+def test_evaluate_keeps_a_finished_evaluation_when_its_out_file_cannot_be_written(tree: Path, tmp_path: Path,
+                                                                                  monkeypatch, capsys,
+                                                                                  err_no: int) -> None:
+    import builtins
+
+    import podd_lib.io
+
+    monkeypatch.setenv("CI", "1")
+    run, out = tmp_path / "run", tmp_path / "results" / "eval.json"
+    shutil.copytree(tree / "run", run)
+    out.parent.mkdir()
+
+    def failing_open(path, *args, **kwargs):  # the temporary file of --out cannot be written
+        if Path(path).name.startswith(f".{out.name}."):
+            raise OSError(err_no, os.strerror(err_no))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(podd_lib.io, "open", failing_open, raising=False)
+    code, stdout, err = in_process(capsys, ["evaluate", str(run), *EVAL, "--out", str(out)])
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err == (f"podd: error: {os.strerror(err_no)} ({out}); what was finished is kept in "
+                   f"{run / 'eval-progress'}: run the same command again to continue from it\n")
+    assert os.listdir(out.parent) == []  # no partial --out, no temporary file
+    monkeypatch.delattr(podd_lib.io, "open")
+    steps = count_training_steps(monkeypatch)
+    code, _, err = in_process(capsys, ["evaluate", str(run), *EVAL, "--out", str(out)])
+    assert code == 0 and steps == [], err  # written from the kept evaluation, nothing trained again
+    assert json.loads(out.read_text())["soft"]["by_step"] == json.loads(stdout.splitlines()[0])["soft"]["by_step"]
+    assert not (run / "eval-progress").exists()
+
+
+def test_a_run_folder_that_becomes_read_only_keeps_its_last_checkpoint(tree: Path, tmp_path: Path, monkeypatch,
+                                                                        capsys) -> None:
+    monkeypatch.setenv("CI", "1")
+    out = tmp_path / "run"
+    argv = ["distill", *base(tree), *RUN_FLAGS, "--steps", "4", "--set", "checkpoint_every=2", "--out", str(out)]
+    replace, saves = os.replace, []
+
+    def read_only_after_first_checkpoint(src, dst) -> None:
+        if Path(dst).name == "checkpoint.pt":
+            saves.append(dst)
+            if len(saves) > 1:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only_after_first_checkpoint)
+    code, _, err = in_process(capsys, argv)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err == (f"podd: error: Permission denied ({out / 'checkpoint.pt'}); the last checkpoint is in {out}: "
+                   f"run the same command with --resume to continue\n")
+    monkeypatch.setattr(os, "replace", replace)
+    assert not list(out.glob(".checkpoint.pt.*"))  # no temporary file left
+    code, _, err = in_process(capsys, [*argv, "--resume"])
+    assert code == 0 and (out / "poster.pt").is_file(), err
+
+
+@pytest.mark.parametrize("command", ["distill", "evaluate"])
+def test_a_read_only_output_folder_is_one_line_before_any_data_is_read(tree: Path, tmp_path: Path, monkeypatch,
+                                                                        capsys, command: str) -> None:
+    import podd_lib.safety
+
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setattr(podd_lib.safety.os, "access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr("podd_lib.data.load_for_config", lambda *a, **k: pytest.fail("data was read"))
+    argv = (["distill", *base(tree), "--out", str(tmp_path / "new")] if command == "distill"
+            else ["evaluate", str(tree / "run"), "--out", str(tmp_path / "eval.json")])
+    code, _, err = in_process(capsys, argv)
+    target = tmp_path / ("new" if command == "distill" else "eval.json")
+    assert code == 2 and err == f"podd: error: --out {target}: cannot write in {tmp_path} (permission denied)\n"
+
+
+ORDER_FILES = {  # name -> (file content, None for no file; the dataset; the one-line message)
+    "missing": (None, "cifar10", "cannot read class order file"),
+    "bad_json": ("[[\"airplane\",", "cifar10", "is not valid JSON"),
+    "not_rows": ('{"a": 1}', "cifar10", "must hold a JSON list of rows"),
+    "unknown_name": (json.dumps([["airplane", "automobile", "bird", "cat", "deer"],
+                                 ["dog", "frog", "horse", "ship", "lorry"]]), "cifar10", "class 'lorry' is not one of"),
+    "wrong_shape": (json.dumps([["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                 "truck"]]), "cifar10", "must be 2 rows of 5 class names"),
+    "imagefolder_unknown_name": (json.dumps([["class0", "class1"], ["class2", "class9"]]), "toy",
+                                 "class 'class9' is not one of"),
+    "names_unknown_until_the_data_twice": (json.dumps([["apple"] * 10] * 10), "cifar100", "names 'apple' more than once"),
+    "names_unknown_until_the_data_shape": (json.dumps([["apple"]]), "cifar100", "must be 10 rows of 10 class names"),
+}
+
+
+@pytest.mark.parametrize("case", list(ORDER_FILES))
+def test_a_bad_class_order_file_fails_before_any_data_is_read(tree: Path, tmp_path: Path, monkeypatch, capsys,
+                                                               case: str) -> None:
+    content, dataset, text = ORDER_FILES[case]
+    path = tmp_path / "order.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setattr("podd_lib.data.load_for_config", lambda *a, **k: pytest.fail("data was read"))
+    data = base(tree) if dataset == "toy" else ["--dataset", dataset, "--ipc", "1", "--profile", "smoke",
+                                                 "--no-download", "--device", "cpu"]
+    code, _, err = in_process(capsys, ["distill", *data, "--order", f"file:{path}", "--out", str(tmp_path / "run")])
+    assert code == 2 and err.count("\n") == 1 and text in err, err
+    assert sorted(os.listdir(tmp_path)) == (["order.json"] if content is not None else [])
+
+
+def test_a_run_on_a_relative_imagefolder_path_is_evaluated_from_another_folder(tmp_path: Path, monkeypatch,
+                                                                                 capsys) -> None:
+    from podd_lib.config import resolve_config
+    from podd_lib.kit.experiments import config_key
+
+    monkeypatch.setenv("CI", "1")
+    make_imagefolder(tmp_path / "project" / "toy")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    code, _, err = in_process(capsys, ["distill", "--dataset", "imagefolder:toy", "--profile", "smoke", "--order",
+                                       "identity", "--no-download", "--device", "cpu", *RUN_FLAGS, "--steps", "2",
+                                       "--out", "run"])
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, err = in_process(capsys, ["evaluate", "../project/run", "--models", "1", "--eval-steps", "2", "--device",
+                                       "cpu", "--out", "eval.json"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "elsewhere" / "eval.json").read_text())["soft"]["final"]["step"] == 2
+    cfg = json.loads((tmp_path / "project" / "run" / "config.json").read_text())
+    assert cfg["dataset"] == "imagefolder:toy" and cfg["dataset_path"] == str(tmp_path / "project" / "toy")
+    resolved = resolve_config("imagefolder:toy", 1.0, "smoke")  # the run key keeps the path as given
+    assert config_key(resolved) == config_key({k: v for k, v in resolved.items() if k != "dataset_path"})

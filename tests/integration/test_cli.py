@@ -134,3 +134,26 @@ def test_the_loader_takes_the_config_s_image_size_and_zca_regulariser(tmp_path):
     strong = load_for_config({**cfg, "zca_reg": 0.5}, str(tmp_path), download=False)
     assert strong.preprocess.reg > weak.preprocess.reg  # the regulariser is reg x the mean eigenvalue
     assert not torch.allclose(strong.x_train, weak.x_train)
+
+
+def test_run_all_reads_relative_data_roots_from_the_folder_it_was_run_from(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "python"  # answers the version check, records every other call instead of running it
+    fake.write_text(f'#!/usr/bin/env bash\nif [ "${{1:-}}" = -c ]; then exec {sys.executable} "$@"; fi\n'
+                    f'echo "$* | data=$PODD_DATA_ROOT cifar=$PODD_CIFAR10_ROOT" >> {log}\n')
+    fake.chmod(0o755)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "typed_here").mkdir()
+    env = {**os.environ, "PODD_PYTHON": str(fake), "PODD_DATA_ROOT": "../data", "PODD_CIFAR10_ROOT": "../cifar"}
+    p = subprocess.run([str(repo / "run_all.sh"), "--profile", "smoke", "--plan"], cwd=tmp_path / "typed_here",
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    runner = [line for line in log.read_text().splitlines() if "podd_lib.kit.runner" in line]
+    assert runner == [f"-m podd_lib.kit.runner --profile smoke --data-root {tmp_path / 'data'} --plan | "
+                      f"data={tmp_path / 'data'} cifar={tmp_path / 'typed_here'}/../cifar"]

@@ -262,3 +262,40 @@ def test_podd_console_entry_point_resolves():
     proc = _run([str(script), "--help"])
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert "podd" in (proc.stdout + proc.stderr).lower()
+
+
+def venv_problem(venv: Path) -> str:
+    """What scripts/venv_check.sh says of the venv at venv ('' when it is usable or absent)."""
+    check = REPO / "scripts" / "venv_check.sh"
+    p = subprocess.run(["bash", "-c", f'. "{check}"; venv_problem "$1"', "bash", str(venv)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
+
+
+def test_an_interrupted_first_environment_build_is_rebuilt_by_the_next_call(tmp_path):
+    import sys
+
+    assert venv_problem(tmp_path / "absent") == ""
+    assert venv_problem(Path(sys.prefix)) == ""  # this very environment
+    (tmp_path / "emptied").mkdir()
+    assert "python is missing" in venv_problem(tmp_path / "emptied")
+    repo = tmp_path / "repo"  # a copy of the scripts, and a .venv left without pip
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("ensure_env.sh", "venv_check.sh"):
+        shutil.copy(REPO / "scripts" / name, repo / "scripts" / name)
+    for name in ("pyproject.toml", "requirements.lock"):
+        (repo / name).write_text("")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(repo / ".venv")], check=True, timeout=120)
+    assert "no pip" in venv_problem(repo / ".venv")
+    base = tmp_path / "python3"  # a base python that answers the version check and cannot make venvs (no install)
+    base.write_text(f'#!/usr/bin/env bash\ncase "${{1:-}}" in -c) exec {sys.executable} "$@" ;; -V) echo "Python 3";;'
+                    f' *) exit 1 ;; esac\n')
+    base.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PODD_PYTHON", "PODD_UNLOCKED")}
+    p = subprocess.run(["bash", str(repo / "scripts" / "ensure_env.sh")], env={**env, "PYTHON": str(base)},
+                       capture_output=True, text=True, timeout=120)
+    lines = p.stderr.splitlines()
+    assert lines[0] == ("[ensure_env] existing .venv cannot be used (it has no pip, as after an interrupted first "
+                        "build); recreating it"), p.stderr
+    assert not (repo / ".venv").exists() and "creating .venv" in lines[1]
