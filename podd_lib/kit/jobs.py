@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
@@ -307,15 +307,26 @@ def _execute_local(board: Board, todo: list[dict], root: str, data_root: str | N
             os.chdir(cwd)
 
 
+def waits_for(run: dict, folders: Iterable[str]) -> bool:
+    """Whether run lies inside the folder of a run still to compute: an evaluation on another architecture
+    (<set>/arch/<name>) starts only once its set is there, or two jobs would compute the set at once."""
+    inside = Path(run["folder"]).parents
+    return any(Path(f) in inside for f in folders)
+
+
 def _execute_submitit(board: Board, ex: Any, todo: list[dict], root: str, data_root: str | None, device: str,
                       force: bool, jobs: int, poll_s: float) -> None:
-    """Submit the runs (at most `jobs` in flight), follow them, record each outcome."""
+    """Submit the runs (at most `jobs` in flight, none before the run it lies in), follow them, record each outcome."""
     job = RunJob()
     pending, active = list(todo), {}
     while pending or active:
         batch = []
-        while pending and len(active) + len(batch) < max(1, jobs):
-            batch.append(pending.pop(0))
+        busy = set(active) | {r["folder"] for r in pending}
+        for run in [r for r in pending if not waits_for(r, busy)]:
+            if len(active) + len(batch) >= max(1, jobs):
+                break
+            pending.remove(run)
+            batch.append(run)
         if batch:
             with ex.batch():
                 handles = [ex.submit(job, run, root, data_root, device, force) for run in batch]

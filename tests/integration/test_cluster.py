@@ -100,6 +100,40 @@ def test_progress_line_counts_steps_and_estimates_what_is_left():
     assert text.startswith("distill 50/100 |") and "~70 s left" in text
 
 
+class _InstantExecutor:
+    """An executor whose jobs finish at their first poll; it records which runs were in flight together."""
+
+    def __init__(self) -> None:
+        self.rounds: list[list[str]] = []
+
+    def batch(self):
+        import contextlib
+
+        self.rounds.append([])
+        return contextlib.nullcontext()
+
+    def submit(self, job, run, *args):
+        from types import SimpleNamespace
+
+        self.rounds[-1].append(run["folder"])
+        return SimpleNamespace(done=lambda: True, result=lambda: None, paths=SimpleNamespace(stderr="log"),
+                               job_id=run["folder"])
+
+
+def test_an_evaluation_on_another_architecture_waits_for_its_set(tmp_path):
+    runs = plan.build_plan("smoke", only="09", notebooks_dir=REPO / "notebooks", out_dir="../nonexistent-outputs")["runs"]
+    runs = [{**r, "cached": False} for r in runs]
+    ex = _InstantExecutor()
+    jobs._execute_submitit(jobs.Board(runs, tmp_path, plan.rates_for(tmp_path, "smoke"), io.StringIO()), ex, runs,
+                           str(tmp_path), None, "cpu", False, jobs=len(runs), poll_s=0)
+    when = {folder: k for k, batch in enumerate(ex.rounds) for folder in batch}
+    evals = [r for r in runs if r["kind"] == "arch"]
+    assert evals and sorted(when) == sorted(r["folder"] for r in runs)  # every run once
+    # all jobs may run at once, yet each evaluation starts after the set it evaluates (<set>/arch/<name>)
+    assert all(when[r["folder"]] > when[str(Path(r["folder"]).parent.parent)] for r in evals)
+    assert jobs.waits_for(evals[0], [str(Path(evals[0]["folder"]).parent.parent)])
+
+
 def test_an_interrupted_evaluation_continues_with_the_same_result(tmp_path):
     from podd_lib.evaluate import EvalProtocol, train_and_test
 
