@@ -433,7 +433,8 @@ def cross_arch_frame(results: Sequence[Mapping]):
                      "networks": sum(len(_final_accs(r, "soft") or []) for r in runs) or None,
                      "steps": ours["step"] if ours else None, "profile": _first(runs, "profile"),
                      "command": commands_of(runs), "ours_mean": ours["mean"] if ours else None,
-                     "ours_std": ours["std"] if ours else None, "ours_accs": accs or None, "arch_key": arch})
+                     "ours_std": ours["std"] if ours else None, "ours_accs": accs or None, "arch_key": arch,
+                     "seed_means": {str(k): v for k, v in sorted((ours or {}).get("by_seed", {}).items())}})
     return pd.DataFrame(rows)
 
 

@@ -271,3 +271,20 @@ def test_stack_soft_hard_and_fmt_acc():
     assert df.loc["PoDD, hard labels (argmax)", "ours_mean"] == 59.0
     assert pd.isna(df.loc["PoDD, hard labels (argmax)", "paper_mean"])
     assert tables.fmt_acc(run(1.0, 24.91, 0.44)) == "24.9 \u00b1 0.4" and tables.fmt_acc(None) == tables.DASH
+
+
+def test_the_cross_architecture_table_keeps_each_seed_so_its_claim_pairs_them():
+    from podd_lib.kit import claims
+
+    def on(arch, rep, seed, mean):
+        r = run(mean=mean, accs=[mean - 0.5, mean + 0.5])
+        return {**r, "arch": arch, "representation": rep, "seed": seed, "config": {**r["config"], "seed": seed}}
+
+    results = [on(a, rep, seed, 20.0 + seed + (3.0 if rep.startswith("poster") else 0.0))
+               for a in ("convnet", "vgg11") for rep in ("poster, 1 IPC", "tiling, 1 IPC") for seed in (0, 1, 2)]
+    df = tables.cross_arch_frame(results)
+    row = df[(df.architecture == "VGG-11") & (df.representation == "poster, 1 IPC")].iloc[0]
+    assert row["seed_means"] == {"0": 23.0, "1": 24.0, "2": 25.0}
+    saved = [{"name": "09_cross_architecture", "rows": df.to_dict("records")}]
+    [claim] = claims.posters_across_architectures(saved)
+    assert claim["verdict"] == "shown" and "n = 3" in claim["gap"]
