@@ -413,10 +413,11 @@ def cross_arch_run(
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
     folder = arch_dir(source_dir(kind, cfg, ipc, out_dir, dataset), arch, int(num_models), steps)
     base = {"tag": tag, "kind": kind, "arch": arch, "dataset": dataset, "ipc": ipc, "profile": profile,
-            "num_models": int(num_models), "steps": steps, "config_key": config_key(cfg), "run_dir": str(folder),
+            "seed": cfg["seed"], "num_models": int(num_models), "steps": steps, "config_key": config_key(cfg),
+            "run_dir": str(folder),
             "command": arch_command(kind, dataset, ipc, profile, overrides, folder, arch, int(num_models), steps)}
-    if (folder / "result.json").exists() and not force:
-        return json.loads((folder / "result.json").read_text())
+    if (folder / "result.json").exists() and not force:  # the seed, which the folder's key holds, for older results
+        return {"seed": cfg["seed"], **json.loads((folder / "result.json").read_text())}
     own = arch == cfg["arch"] and int(num_models) == cfg["eval_models"] and steps == list(cfg["eval_steps"])
     common = dict(data_root=data_root, device=device, report=report)
     source = (distill_and_evaluate(dataset, ipc, profile, out_dir, overrides, tag=tag, hard_labels=True, **common)

@@ -156,8 +156,9 @@ def test_an_architecture_evaluation_is_cached_beside_its_set(tmp_path, monkeypat
     from tests.helpers import fake_real
 
     monkeypatch.setattr(experiments, "load_real", lambda cfg, data_root=None: fake_real())
-    over = {"seed": 0, "steps": 1}
+    over = {"seed": 1, "steps": 1}
     a = experiments.cross_arch_run("distill", "cifar10", 0.5, "smoke", "alexnet", 1, [2], tmp_path, over, device="cpu")
+    assert a["seed"] == 1 and json_of(Path(a["run_dir"]) / "result.json")["seed"] == 1  # its claim pairs by seed
     folder = experiments.distill_dir(resolve_config("cifar10", 0.5, "smoke", over), tmp_path) / "arch" / "alexnet-1x2"
     assert a["run_dir"] == str(folder) and (folder / "result.json").exists()
     assert a["eval"]["protocol"]["arch"] == "alexnet" and a["eval"]["protocol"]["num_models"] == 1
@@ -172,7 +173,7 @@ def test_an_architecture_evaluation_is_cached_beside_its_set(tmp_path, monkeypat
     assert experiments.cross_arch_run("distill", "cifar10", 0.5, "smoke", "alexnet", 1, [2], tmp_path, over) == a
     own = experiments.cross_arch_run("distill", "cifar10", 0.5, "smoke", "convnet", 2, [5], tmp_path, over)
     assert own["reused"] and own["summary"] == json_of(folder.parent.parent / "result.json")["summary"]
-    s = PlanSession("t", "smoke", str(tmp_path), "", "cpu", False, ["cifar10"], [0], "cifar10", 1, notebook="t", root="")
+    s = PlanSession("t", "smoke", str(tmp_path), "", "cpu", False, ["cifar10"], [1], "cifar10", 1, notebook="t", root="")
     s.cross_arch("distill", 0.5, "alexnet", 1, [2], {"steps": 1})
     spec = s.runs[-1]
     assert spec["kind"] == "arch" and spec["folder"] == str(folder) and spec["cached"]
