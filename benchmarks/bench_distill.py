@@ -39,7 +39,7 @@ enable_runtime()
 import torch  # noqa: E402
 
 from podd_lib.fast import kernels  # noqa: E402
-from podd_lib.config import parse_sets, resolve_config  # noqa: E402
+from podd_lib.config import Config, parse_sets, resolve_config  # noqa: E402
 from podd_lib.run import build_problem, initial_state  # noqa: E402
 from podd_lib.evaluate import EvalProtocol, train_and_test  # noqa: E402
 from podd_lib.poster import extract_patches  # noqa: E402
@@ -98,20 +98,20 @@ def bench_outer_step(setting: str, device: str, steps: int | None = None, sets: 
     s["warmup"] = s["warmup"] if warmup is None else warmup
     cfg, pb, st, x, y = _cpu_bench_problem(setting, device, sets)
     n = steps or s["steps"]
-    with deterministic_mode(cfg["deterministic"], device):  # as `podd distill` runs it
+    with deterministic_mode(cfg.deterministic, device):  # as `podd distill` runs it
         times = [timed(lambda: outer_step(st, pb.model, pb.labels, pb.geom, x, y, pb.settings), device)
                  for _ in range(s["warmup"] + n)][s["warmup"]:]
-    return report("outer_step", setting, times, device, width=cfg["width"], window=cfg["window"], bs=cfg["bs"],
-                  bs_d=cfg["bs_d"], curriculum=cfg.get("fixed_curriculum", "random"), real_chunk=cfg["real_chunk"],
-                  channels_last=cfg["channels_last"], conv_dtype=cfg["conv_dtype"], block=BLOCK_IMPL,
-                  deterministic=cfg["deterministic"],
+    curriculum = "random" if cfg.fixed_curriculum is None else cfg.fixed_curriculum
+    return report("outer_step", setting, times, device, width=cfg.width, window=cfg.window, bs=cfg.bs,
+                  bs_d=cfg.bs_d, curriculum=curriculum, real_chunk=cfg.real_chunk, channels_last=cfg.channels_last,
+                  conv_dtype=cfg.conv_dtype, block=BLOCK_IMPL, deterministic=cfg.deterministic,
                   kernels=kernels_used(cfg, device),
                   thp=os.environ.get("THP_MEM_ALLOC_ENABLE"), before=BLOCK_IMPL == "layers")
 
 
-def kernels_used(cfg: dict, device: str) -> str:
+def kernels_used(cfg: Config, device: str) -> str:
     """Which elementwise code the fused blocks ran: "compiled" (podd_lib.fast.kernels) or "torch"."""
-    on = BLOCK_IMPL == "fused" and cfg["cpu_kernels"] and device == "cpu" and cfg["channels_last"]
+    on = BLOCK_IMPL == "fused" and cfg.cpu_kernels and device == "cpu" and cfg.channels_last
     return "compiled" if on and kernels.load() is not None else "torch"
 
 
@@ -121,7 +121,7 @@ def _cpu_bench_problem(setting: str, device: str, sets: dict | None):
     cfg = resolve_config("cifar10", 1.0, "paper", {**s["over"], **(sets or {})})
     pb = build_problem(cfg, ORDER, 3, device)
     st = initial_state(cfg, pb, 3, device)
-    n_real = max(cfg["bs"], 1000)
+    n_real = max(cfg.bs, 1000)
     return cfg, pb, st, torch.randn(n_real, 3, 32, 32, device=device), torch.randint(0, 10, (n_real,), device=device)
 
 
@@ -159,7 +159,7 @@ def bench_phases(setting: str, device: str, sets: dict | None = None, rounds: in
     once()  # warm-up
     runs = [once() for _ in range(rounds)]
     med = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
-    row = {"part": "phases", "setting": setting, "device": device, **med, "conv_dtype": cfg["conv_dtype"],
+    row = {"part": "phases", "setting": setting, "device": device, **med, "conv_dtype": cfg.conv_dtype,
            "block": BLOCK_IMPL}
     print(json.dumps(row), flush=True)
     return row

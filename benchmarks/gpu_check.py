@@ -47,6 +47,7 @@ import traceback
 import zipfile
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -55,6 +56,9 @@ from podd_lib.fast import enable_runtime  # noqa: E402
 enable_runtime()
 
 import torch  # noqa: E402
+
+if TYPE_CHECKING:
+    from podd_lib.config import Config
 
 TOOL = "podd_lib gpu_check"
 PAPER_FIG6 = {"16x6": 56.73, "5x2": 45.15}  # method notes section 7: 96 patches, 10 patches (500 steps)
@@ -295,7 +299,7 @@ def block_checks(device: str, width: int, batch: int) -> list[dict]:
     return rows
 
 
-def _meta_gradient(cfg: dict, device: str, dtype: torch.dtype) -> torch.Tensor:
+def _meta_gradient(cfg: Config, device: str, dtype: torch.dtype) -> torch.Tensor:
     """d(meta-loss)/d(poster) of one RaT-BPTT outer step on random data, in dtype, seeded.
 
     The inner network is drawn in float32 and cast, so float32 and float64 start from the same weights.
@@ -317,7 +321,7 @@ def _meta_gradient(cfg: dict, device: str, dtype: torch.dtype) -> torch.Tensor:
     if pb.labels.table is not None:
         pb.labels.table = pb.labels.table.to(dtype)
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(max(cfg["bs"], 64), 3, 32, 32, generator=g).to(device, dtype)
+    x = torch.randn(max(cfg.bs, 64), 3, 32, 32, generator=g).to(device, dtype)
     y = torch.randint(0, 10, (x.shape[0],), generator=g).to(device)
     syn = SyntheticSet(st.poster, st.Y, pb.labels, pb.geom)
     rb.reinit_params = reinit_in_float32
@@ -333,7 +337,7 @@ def meta_checks(device: str, over: dict) -> list[dict]:
     """One RaT-BPTT meta-gradient on the fast and the reference path (float32) against float64 reference layers."""
     from podd_lib.config import resolve_config
 
-    def cfg(backend: str) -> dict:
+    def cfg(backend: str) -> Config:
         return resolve_config("cifar10", 1.0, "paper", {**over, "backend": backend})
 
     ref = _meta_gradient(cfg("reference"), device, torch.float64)
@@ -445,7 +449,7 @@ def _outer_rows(device: str, sz: dict, clock: Clock) -> list[dict]:
             pb = build_problem(cfg, ORDER, 3, device)
             st = initial_state(cfg, pb, 3, device)
             g = torch.Generator().manual_seed(5)
-            n_real = max(cfg["bs"], 64)
+            n_real = max(cfg.bs, 64)
             x = torch.randn(n_real, 3, 32, 32, generator=g).to(device)
             y = torch.randint(0, 10, (n_real,), generator=g).to(device)
             reset_peak(device)
@@ -457,7 +461,7 @@ def _outer_rows(device: str, sz: dict, clock: Clock) -> list[dict]:
             timed_part = times[sz["speed_warmup"]:] or times
             rows.append({"name": name, "median_s": statistics.median(timed_part), "first_s": times[0],
                          "runs": len(timed_part), "peak_gb": peak_gb(device),
-                         "note": f"curriculum {cfg['fixed_curriculum']}, window {cfg['window']}, bs {cfg['bs']}, "
+                         "note": f"curriculum {cfg.fixed_curriculum}, window {cfg.window}, bs {cfg.bs}, "
                                  f"backend {pb.model.fused_blocks and 'fast' or 'reference'}, "
                                  f"compile {pb.settings.compile_steps}, autocast {pb.settings.autocast}"})
         except Exception as e:
@@ -570,10 +574,10 @@ def fidelity_run(name: str, over: dict, real, device: str, sz: dict, share: floa
     t_distill = time.perf_counter() - t0
     run = {"patches": name, "outer_steps": st.step, "target_steps": steps, "distill_s": t_distill,
            "s_per_step": t_distill / max(st.step, 1), "loss_first": losses[0], "loss_last": losses[-1],
-           "paper": PAPER_FIG6.get(name), "backend": cfg["backend"], "init": cfg["init"],
-           "patch_grid": cfg["patch_grid"], "poster_size": cfg.get("poster_size"), "eval": []}
+           "paper": PAPER_FIG6.get(name), "backend": cfg.backend, "init": cfg.init,
+           "patch_grid": cfg.patch_grid, "poster_size": cfg.poster_size, "eval": []}
     x_syn, y_syn = distilled_set(st.poster, st.Y, pb.geom, pb.labels)
-    protocol = EvalProtocol(num_models=sz["fid_models"], bs_d=cfg["bs_d"], width=cfg["width"], seed=0)
+    protocol = EvalProtocol(num_models=sz["fid_models"], bs_d=cfg.bs_d, width=cfg.width, seed=0)
     kw = dict(device=device, progress=False)
     t1 = time.perf_counter()
     ev = train_and_test(x_syn, y_syn, real.x_test, real.y_test, replace(protocol, steps=sz["eval_steps"]), **kw)

@@ -20,8 +20,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import PoddError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 DEFAULT_PROFILE = "quick"  # the same as run_all.sh
@@ -114,7 +118,7 @@ def _progress() -> bool:
     return not os.environ.get("CI")
 
 
-def _config(args: argparse.Namespace) -> dict:
+def _config(args: argparse.Namespace) -> Config:
     """Resolve dataset config + profile + --set / flag overrides."""
     from .config import parse_sets, read_config_file, resolve_config
 
@@ -135,22 +139,22 @@ def _config(args: argparse.Namespace) -> dict:
     return cfg
 
 
-def _check_seed(cfg: dict) -> None:
+def _check_seed(cfg: Config) -> None:
     """The config's seed (from --set or a TOML file too) within 0..SEED_MAX."""
-    seed = cfg.get("seed", 0)
+    seed = cfg.seed
     if isinstance(seed, int) and not 0 <= seed <= SEED_MAX:
         raise PoddError(f"seed must be from 0 to {SEED_MAX}, got {str(seed)[:30]}")
 
 
-def _data_root(args: argparse.Namespace, cfg: dict | None = None) -> str:
+def _data_root(args: argparse.Namespace, cfg: Config | None = None) -> str:
     """--data-root, else the run's recorded data root, else $PODD_DATA_ROOT, else ./data (absolute)."""
     from .data import resolve_data_root
 
-    given = args.data_root or (cfg or {}).get("data_root") or None
+    given = args.data_root or (cfg.data_root if cfg is not None else None) or None
     return str(resolve_data_root(given).absolute())
 
 
-def _load_real(cfg: dict, args: argparse.Namespace):
+def _load_real(cfg: Config, args: argparse.Namespace):
     """The real data of a config (training slice and test set)."""
     from .data import load_for_config
 
@@ -165,40 +169,40 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
     geom = geometry_from_config(cfg)
     identity = [[r * geom.o_x + c for c in range(geom.o_x)] for r in range(geom.o_y)]
-    labels = PosterLabels(identity, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"],
-                             fixed_form=cfg.get("fixed_labels_form", "majority"))
-    info = {"dataset": cfg["dataset"], "ipc_requested": cfg["ipc"], "profile": cfg["profile"],
+    labels = PosterLabels(identity, geom, learned=cfg.label_kind == "learned", sizing=cfg.label_sizing,
+                             fixed_form=cfg.fixed_labels_form)
+    info = {"dataset": cfg.dataset, "ipc_requested": cfg.ipc, "profile": cfg.profile,
             "poster_height": geom.d_h, "poster_width": geom.d_w, "patch_grid": [geom.p_x, geom.p_y],
             "geometry": geom.to_dict(), "labels": labels.describe()}
     print(json.dumps(info, indent=2))
     return info
 
 
-def _check_before_data(cfg: dict) -> None:
+def _check_before_data(cfg: Config) -> None:
     """Geometry (ImageFolder: class folders listed, no image decoded), memory and a class order file, before any data is read."""
     from .run import geometry_from_config
 
     classes = _known_classes(cfg)
-    if not cfg["n_classes"] and classes is not None:
-        from .config import derive
+    if not cfg.n_classes and classes is not None:
+        from .config import with_data
 
-        cfg = derive({**cfg, "n_classes": len(classes)})
-    if cfg["n_classes"]:
+        cfg = with_data(cfg, len(classes))
+    if cfg.n_classes:
         geom = geometry_from_config(cfg)
-        order = str(cfg.get("order", ""))
-        if order.startswith("file:") and order[len("file:"):] and not cfg.get("per_class_posters"):
+        order = str(cfg.order)
+        if order.startswith("file:") and order[len("file:"):] and not cfg.per_class_posters:
             from .poco import check_order_file
 
-            check_order_file(order[len("file:"):], cfg["n_classes"], geom.o_y, geom.o_x, classes)
+            check_order_file(order[len("file:"):], cfg.n_classes, geom.o_y, geom.o_x, classes)
 
 
-def _known_classes(cfg: dict) -> list[str] | None:
+def _known_classes(cfg: Config) -> list[str] | None:
     """The class names of a config's dataset without reading data (ImageFolder: its folders), or None when only the data names them."""
     from .data import CIFAR10_CLASSES, data_source, imagefolder_classes
 
-    if cfg["dataset"].startswith("imagefolder:"):
+    if cfg.dataset.startswith("imagefolder:"):
         return imagefolder_classes(data_source(cfg))
-    return list(CIFAR10_CLASSES) if cfg["dataset"] == "cifar10" else None
+    return list(CIFAR10_CLASSES) if cfg.dataset == "cifar10" else None
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -209,15 +213,15 @@ def cmd_distill(args: argparse.Namespace) -> None:
     device = _device(args.device)
     out = Path(args.out)
     check_run_out(out, args.resume)
-    cfg["data_root"] = _data_root(args)
+    cfg = cfg.replace(data_root=_data_root(args))
     if args.resume:
-        resume_changes(read_run_config(out / "config.json"), cfg, before_data=True)
+        resume_changes(read_run_config(out / "config.json"), cfg.to_dict(), before_data=True)
     _check_before_data(cfg)
     with folder_lock(out):
         _distill_locked(args, cfg, device, out)
 
 
-def _distill_locked(args: argparse.Namespace, cfg: dict, device: str, out: Path) -> None:
+def _distill_locked(args: argparse.Namespace, cfg: Config, device: str, out: Path) -> None:
     """cmd_distill while this process holds the run folder's lock."""
     from .run import adapt_config_to_data, distill, geometry_from_config, order_for
 
@@ -237,7 +241,7 @@ def cmd_experts(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     if args.out:
-        cfg["experts_root"] = args.out
+        cfg = cfg.replace(experts_root=args.out)
     device = _device(args.device)
     real = _load_real(cfg, args)
     cfg = adapt_config_to_data(cfg, real)
@@ -256,28 +260,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from . import evaluate as ev
     from .run import load_run
 
-    from .validate import check_config
-
     device = _device(args.device)
     if args.run:
-        from .config import parse_sets, read_config_file
+        from .config import Config, parse_sets, read_config_file
 
         _refuse_run_flags(args)
         run = load_run(args.run, args.data_root)
-        cfg = dict(run["config"])
         over = read_config_file(args.config) if args.config else {}
         over.update(parse_sets(args.set))
         if args.models:
             over["eval_models"] = args.models
         if args.eval_steps:
             over["eval_steps"] = list(args.eval_steps)
-        cfg.update(over)
-        cfg["backend"] = over.get("backend", "auto")  # the run's record holds the backend resolved for its device
-        check_config(cfg, over)
+        # the run's record holds the backend resolved for its device; the evaluation resolves its own
+        cfg = Config.from_dict({**run["config"].to_dict(), "backend": "auto", **over}, over)
         _check_seed(cfg)
         out = Path(args.out) if args.out else Path(args.run) / "eval.json"
         _check_out_file(out)
-        ev.check_models_fit_config(cfg, cfg["eval_models"], device, int(run["x"].shape[1]))
+        ev.check_models_fit_config(cfg, cfg.eval_models, device, int(run["x"].shape[1]))
         keeps_progress = _keeps_progress(Path(args.run))
         real = _load_real(cfg, args)
         x, y, what = run["x"], run["y"], f"poster {args.run}"
@@ -286,30 +286,32 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise PoddError("podd evaluate needs a RUN folder or --baseline with --dataset")
         args.baseline = args.baseline or "random"
         cfg = _config(args)
-        name = cfg["dataset"].replace(":", "_").replace("/", "_")
+        name = cfg.dataset.replace(":", "_").replace("/", "_")
         out = (Path(args.out) if args.out
-               else Path("outputs") / "baselines" / cfg["profile"] / f"baseline_{args.baseline}_{name}.json")
+               else Path("outputs") / "baselines" / cfg.profile / f"baseline_{args.baseline}_{name}.json")
         _check_out_file(out)
         if args.baseline == "random":
-            ev.check_models_fit_config(cfg, cfg["eval_models"], device)
-        if cfg["dataset"].startswith("imagefolder:"):
+            ev.check_models_fit_config(cfg, cfg.eval_models, device)
+        if cfg.dataset.startswith("imagefolder:"):
             from .data import data_source, imagefolder_classes
 
             imagefolder_classes(data_source(cfg))
+        from .config import with_data
+
         real = _load_real(cfg, args)
-        cfg["n_classes"] = len(real.classes)
+        cfg = with_data(cfg, len(real.classes), real.image_size)
         if args.baseline == "random":
-            x, y = ev.random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=cfg["ipc"], seed=cfg["seed"])
-            what = f"random real images at {cfg['ipc']} IPC"
+            x, y = ev.random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=cfg.ipc, seed=cfg.seed)
+            what = f"random real images at {cfg.ipc} IPC"
         else:
             x, y, what = None, None, "full training set"
-    protocol = replace(ev.protocol_from_config(cfg), arch=args.arch or cfg["arch"])
+    protocol = replace(ev.protocol_from_config(cfg), arch=args.arch or cfg.arch)
     if x is None:
         result = ev.full_dataset_baseline(
             real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes),
             arch=protocol.arch, arch_kwargs=protocol.arch_kwargs,
-            epochs=args.epochs if args.epochs is not None else cfg["full_epochs"], augmentation=cfg["real_aug"],
-            seed=cfg["seed"], device=device, progress=_progress(),
+            epochs=args.epochs if args.epochs is not None else cfg.full_epochs, augmentation=cfg.real_aug,
+            seed=cfg.seed, device=device, progress=_progress(),
         )
         _write_result(result, what, cfg, out)
     elif not args.run:
@@ -349,9 +351,10 @@ def _keeps_progress(run_dir: Path) -> bool:
     return True
 
 
-def _data_identity(cfg: dict) -> dict:
+def _data_identity(cfg: Config) -> dict:
     """The settings that fix a run's test data and preprocessing (part of an evaluation's progress key)."""
-    return {k: cfg.get(k) for k in ("dataset", "zca", "zca_reg", "train_per_class", "test_per_class", "image_size")}
+    keys = ("dataset", "zca", "zca_reg", "train_per_class", "test_per_class", "image_size")
+    return {k: getattr(cfg, k) for k in keys}
 
 
 def _clear_progress(progress: Path) -> None:
@@ -364,12 +367,12 @@ def _clear_progress(progress: Path) -> None:
         progress.parent.rmdir()
 
 
-def _write_result(result: dict, what: str, cfg: dict, out: Path) -> None:
+def _write_result(result: dict, what: str, cfg: Config, out: Path) -> None:
     """Record what was evaluated and with which settings, write the result to out, print its summary."""
     from . import evaluate as ev
 
     result["what"] = what
-    result["config"] = {k: cfg.get(k) for k in ("dataset", "ipc", "profile", "zca", "width", "arch")}
+    result["config"] = {k: getattr(cfg, k) for k in ("dataset", "ipc", "profile", "zca", "width", "arch")}
     try:
         ev.save_eval(result, out)
     except OSError:

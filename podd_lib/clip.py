@@ -102,34 +102,34 @@ def _hf_candidates(hub: str) -> tuple[str, list[str]]:
     return repo_id, safe + [filename]
 
 
-def _cached_weight_file(cfg: dict, weights_dir: str | None) -> str | None:
+def _cached_weight_file(entry: dict, weights_dir: str | None) -> str | None:
     """A local copy of the weights a pretrained config points to, or None (never downloads)."""
-    if cfg.get("hf_hub"):
+    if entry.get("hf_hub"):
         try:
             from huggingface_hub import try_to_load_from_cache
         except ImportError:
             try_to_load_from_cache = None
-        repo_id, names = _hf_candidates(cfg["hf_hub"])
+        repo_id, names = _hf_candidates(entry["hf_hub"])
         for name in names if try_to_load_from_cache else []:
             found = try_to_load_from_cache(repo_id, name, cache_dir=weights_dir)
             if isinstance(found, str) and os.path.isfile(found):
                 return found
-    if cfg.get("url"):
-        local = Path(weights_dir or Path.home() / ".cache" / "clip") / os.path.basename(cfg["url"])
+    if entry.get("url"):
+        local = Path(weights_dir or Path.home() / ".cache" / "clip") / os.path.basename(entry["url"])
         if local.is_file():
             return str(local)
     return None
 
 
-def _weights_host(cfg: dict) -> str:
+def _weights_host(entry: dict) -> str:
     """The host a pretrained config would download from."""
-    if cfg.get("hf_hub"):
+    if entry.get("hf_hub"):
         try:
             import huggingface_hub  # noqa: F401
             return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
         except ImportError:
             pass
-    return urlparse(cfg.get("url", "")).hostname or "huggingface.co"
+    return urlparse(entry.get("url", "")).hostname or "huggingface.co"
 
 
 def _weights_file(model_name: str, pretrained: str, weights_dir: str | None) -> tuple[str, bool]:
@@ -138,20 +138,20 @@ def _weights_file(model_name: str, pretrained: str, weights_dir: str | None) -> 
     fail = f"CLIP weights could not be loaded ({model_name}, {pretrained})"
     if os.path.isfile(pretrained):
         return pretrained, False
-    cfg = get_pretrained_cfg(model_name, pretrained)
-    if not cfg:
+    entry = get_pretrained_cfg(model_name, pretrained)
+    if not entry:
         raise PoddError(f"{fail}: not a known open_clip tag or an existing file; {_FALLBACK_HINT}")
-    quick_gelu = bool(cfg.get("quick_gelu", False))
-    local = _cached_weight_file(cfg, weights_dir)
+    quick_gelu = bool(entry.get("quick_gelu", False))
+    local = _cached_weight_file(entry, weights_dir)
     if local:
         return local, quick_gelu
     if _truthy_env("HF_HUB_OFFLINE") or _truthy_env("PODD_OFFLINE"):
         raise PoddError(f"{fail}: not in the local cache and offline mode is set; {_FALLBACK_HINT}")
-    host = _weights_host(cfg)
+    host = _weights_host(entry)
     if not _hub_reachable(host):
         raise PoddError(f"{fail}: not in the local cache and {host} cannot be reached; {_FALLBACK_HINT}")
     try:
-        return download_pretrained(cfg, cache_dir=weights_dir), quick_gelu
+        return download_pretrained(entry, cache_dir=weights_dir), quick_gelu
     except Exception as exc:
         raise PoddError(f"{fail}: download failed ({_first_line(exc)}); {_FALLBACK_HINT}") from exc
 

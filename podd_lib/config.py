@@ -4,20 +4,26 @@
 
 reads configs/cifar10.toml, applies the [quick] (and [quick.cifar10]) profile table, then the
 overrides, then derives what depends on the rest (poster size, label kind, step count). The
-result is a flat dict that is written next to every run as config.json.
+result is a `Config`, a frozen dataclass read by attribute (`cfg.width`); `cfg.to_dict()` is what
+is written next to every run as config.json and what the run key hashes. A config changes only
+into a new object: `cfg.replace(...)`, `with_data` for what only the data says.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import math
 import sys
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
-from .algorithms.registry import REGISTRY, algorithm_keys, setting_defaults
+from .algorithms.registry import REGISTRY, Setting, algorithm_keys, declared_settings, setting_defaults
 from .errors import PoddError
-from .validate import INITS, SAMPLINGS, check_config  # noqa: F401 (the names are read from here)
+from .validate import INITS, SAMPLINGS, ConfigSchema, check_config  # noqa: F401 (the names are read from here)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,6 +35,66 @@ PROFILES = ("smoke", "quick", "cpu-long", "paper", "paper-text")
 OWN_OUTPUT_FOLDER = ("smoke", "cpu-long")  # profiles whose outputs go to <out>/<profile>, not beside quick's
 TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "cub200": 5994, "tinyimagenet": 100000}
 ALGORITHMS = tuple(REGISTRY)  # the registered algorithms (podd_lib/algorithms/registry.py)
+
+
+@dataclass(frozen=True)
+class Config(ConfigSchema):
+    """A resolved config: the paper's settings (ConfigSchema), every registered algorithm's (config_class adds
+    them as fields) and what the kit derives or records. Built by resolve_config or from a run's config.json."""
+
+    profile: str = "paper"                                   # the profile it was resolved under
+    profile_overrides: dict = field(default_factory=dict)    # the values the profile set
+    user_overrides: dict = field(default_factory=dict)       # the values the user set
+    label_kind: Optional[str] = None                         # "fixed" or "learned": `labels` with "auto" resolved
+    order_grid: Optional[list] = None                        # a run's class grid O (config.json)
+    geometry: Optional[dict] = None                          # a run's poster geometry (config.json)
+    resumes: Optional[list] = None                           # a run's resumes and what each changed (config.json)
+    dataset_path: Optional[str] = None                       # an ImageFolder's absolute location (not hashed)
+    # The keys this config holds, in order: those of the TOML files, overrides and derived ones. The
+    # fields of other keys keep the schema's defaults and stay out of to_dict, config.json and run keys.
+    _keys: tuple = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, values: dict, user: dict | None = None, where: str = "") -> Config:
+        """A checked config from a dict (a resolved one, a run's config.json); check_config says what is wrong."""
+        check_config(values, user, where)
+        return _build(values)
+
+    def to_dict(self) -> dict:
+        """The keys this config holds and their values (copies): config.json, and what the run key hashes."""
+        return {k: copy.deepcopy(getattr(self, k)) for k in self._keys}
+
+    def replace(self, **changes: Any) -> Config:
+        """A new config with changes made (checked); a key it did not hold joins its keys."""
+        return Config.from_dict({**self.to_dict(), **changes})
+
+    def __reduce__(self):
+        """Pickle and deepcopy as the dict it holds (the class with the registry's fields is built at run time)."""
+        return _build, (self.to_dict(),)
+
+
+def _setting_field(s: Setting) -> tuple[str, Any, Any]:
+    """An algorithm setting as a dataclass field: name, type, default."""
+    if isinstance(s.default, (list, dict)):
+        return s.name, s.type, field(default_factory=lambda: copy.deepcopy(s.default))
+    return s.name, s.type, field(default=s.default)
+
+
+@functools.lru_cache(maxsize=None)
+def _class_with(settings: tuple[Setting, ...]) -> type[Config]:
+    """Config with these algorithm settings as fields."""
+    return dataclasses.make_dataclass("Config", [_setting_field(s) for s in settings], bases=(Config,), frozen=True,
+                                      namespace={"__module__": __name__})
+
+
+def config_class() -> type[Config]:
+    """Config with every registered algorithm's and DREAM's settings as fields (the registry, read at each call)."""
+    return _class_with(tuple(declared_settings().values()))
+
+
+def _build(values: dict) -> Config:
+    """The config holding exactly these (checked) keys."""
+    return config_class()(**copy.deepcopy(values), _keys=tuple(values))
 
 
 def _read_toml(name: str) -> dict:
@@ -61,13 +127,13 @@ def read_config_file(path: str) -> dict:
 def base_config(dataset: str) -> dict:
     """The paper config of a dataset (or the generic ImageFolder recipe)."""
     if dataset in DATASETS:
-        cfg = _read_toml(f"{dataset}.toml")
+        values = _read_toml(f"{dataset}.toml")
     elif dataset.startswith("imagefolder:") and len(dataset) > len("imagefolder:"):
-        cfg = _read_toml("imagefolder.toml")
-        cfg["dataset"] = dataset
+        values = _read_toml("imagefolder.toml")
+        values["dataset"] = dataset
     else:
         raise PoddError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)} or imagefolder:PATH")
-    return {**algorithm_defaults(), **cfg}
+    return {**algorithm_defaults(), **values}
 
 
 def algorithm_defaults() -> dict:
@@ -145,33 +211,49 @@ def auto_class_grid(n: int) -> list[int]:
     return [n // o_y, o_y]
 
 
-def labels_kind(cfg: dict) -> str:
-    """'fixed' or 'learned': 'auto' follows the paper (fixed on CIFAR-10 from 0.7 IPC up)."""
-    if cfg["labels"] in ("fixed", "learned"):
-        return cfg["labels"]
-    if cfg["labels"] == "auto":
-        return "fixed" if cfg["ipc"] >= cfg.get("fixed_labels_from_ipc", math.inf) - 1e-9 else "learned"
-    raise PoddError(f"labels must be fixed, learned or auto, got {cfg['labels']!r}")
+def labels_kind(values: dict) -> str:
+    """'fixed' or 'learned': 'auto' follows the paper (fixed on CIFAR-10 from 0.7 IPC up; a dataset config
+    without fixed_labels_from_ipc is always learned)."""
+    if values["labels"] in ("fixed", "learned"):
+        return values["labels"]
+    if values["labels"] == "auto":
+        return "fixed" if values["ipc"] >= values.get("fixed_labels_from_ipc", math.inf) - 1e-9 else "learned"
+    raise PoddError(f"labels must be fixed, learned or auto, got {values['labels']!r}")
 
 
 def resolve_config(
     dataset: str, ipc: float | None = None, profile: str = "paper", overrides: dict | None = None
-) -> dict:
+) -> Config:
     """Base config + profile + overrides, with derived values filled in; unknown keys fail."""
-    cfg = base_config(dataset)
-    changes = {**profile_overrides(profile, cfg["dataset"]), **(overrides or {})}
-    cfg.update(changes)
+    values = base_config(dataset)
+    changes = {**profile_overrides(profile, values["dataset"]), **(overrides or {})}
+    values.update(changes)
     if ipc is not None:
-        cfg["ipc"] = float(ipc)
-    if cfg.get("init") == "noise":  # the CLI's name for the paper's N(0, 1) init
-        cfg["init"] = "normal"
-    check_config(cfg, changes)
-    cfg["profile"] = profile
-    cfg["profile_overrides"] = {k: v for k, v in changes.items() if k not in (overrides or {})}
-    cfg["user_overrides"] = dict(overrides or {})
-    if cfg["dataset"].startswith("imagefolder:"):  # where the data is, from any working directory (not hashed)
-        cfg["dataset_path"] = str(Path(cfg["dataset"][len("imagefolder:"):]).expanduser().resolve())
-    return derive(cfg)
+        values["ipc"] = float(ipc)
+    if values.get("init") == "noise":  # the CLI's name for the paper's N(0, 1) init
+        values["init"] = "normal"
+    check_config(values, changes)
+    values["profile"] = profile
+    values["profile_overrides"] = {k: v for k, v in changes.items() if k not in (overrides or {})}
+    values["user_overrides"] = dict(overrides or {})
+    if values["dataset"].startswith("imagefolder:"):  # where the data is, from any working directory (not hashed)
+        values["dataset_path"] = str(Path(values["dataset"][len("imagefolder:"):]).expanduser().resolve())
+    return _build(derive(values))
+
+
+def with_data(cfg: Config, n_classes: int, image_size: Sequence[int] | None = None) -> Config:
+    """The config with what only its data says: an ImageFolder's class count and image size, and the grids that
+    follow from them; a known dataset's class count must agree with its data."""
+    if cfg.dataset in DATASETS and cfg.n_classes != n_classes:
+        raise PoddError(f"{cfg.dataset} config expects {cfg.n_classes} classes but the data has {n_classes}")
+    if cfg.n_classes:
+        return cfg
+    values = {**cfg.to_dict(), "n_classes": n_classes}
+    if image_size is not None:
+        values["image_size"] = [int(v) for v in image_size]
+    if cfg.class_grid == "auto" or cfg.patch_grid == "auto":
+        values = derive(values)
+    return Config.from_dict(values)
 
 
 # Where the paper's text and the authors' release (which produced the paper's numbers) differ:
@@ -186,44 +268,45 @@ TEXT_OR_RELEASE = {
     "fixed_labels_form": ("majority", "softmax"),  # fixed labels: the majority class, or a softmax of the pixel counts
 }
 
-def irrelevant_keys(cfg: dict) -> set[str]:
+def irrelevant_keys(cfg: Config) -> set[str]:
     """Algorithm settings this config's algorithm and sampling never read (kept out of run hashes).
 
     The settings only one algorithm (or DREAM) reads are those its registry entry declares.
     """
     own = algorithm_keys()
-    used = set(own.get(cfg.get("algorithm", "ratbptt"), ()))
-    if cfg.get("sampling") == "dream" or cfg.get("init") == "dream":
+    used = set(own.get(cfg.algorithm, ()))
+    if cfg.sampling == "dream" or cfg.init == "dream":
         used |= set(own["dream"])
-    if cfg.get("sampling") == "dream":  # DREAM picks its own real batches
+    if cfg.sampling == "dream":  # DREAM picks its own real batches
         used.discard("real_batches")
     unused = {k for keys in own.values() for k in keys} - used
-    if cfg.get("keep", "last") == "last":
+    if cfg.keep == "last":
         unused.add("keep_every")
-    if cfg.get("label_kind") == "learned" or cfg.get("per_class_posters"):
+    if cfg.label_kind == "learned" or cfg.per_class_posters:
         unused.add("fixed_labels_form")
     return unused
 
 
-def derive(cfg: dict) -> dict:
-    """Fill in class/patch grids, poster size, label kind and step count from the rest (a checked config)."""
-    n = cfg["n_classes"]
-    if n and cfg["class_grid"] == "auto":
-        cfg["class_grid"] = auto_class_grid(n)
-    if cfg.get("patches"):  # --patches PXxPY
-        cfg["patch_grid"] = parse_grid(cfg.pop("patches"))
-    if cfg["patch_grid"] == "auto" and isinstance(cfg["class_grid"], list):
-        cfg["patch_grid"] = [2 * cfg["class_grid"][0], 2 * cfg["class_grid"][1]]
-    key = f"{cfg['ipc']:.1f}"
-    if not cfg.get("poster_size") and abs(cfg["ipc"] - float(key)) < 1e-9 and key in cfg.get("posters", {}):
-        cfg["poster_size"] = list(cfg["posters"][key])
-    cfg["label_kind"] = labels_kind(cfg)
-    if not cfg.get("steps"):
-        n_train = TRAIN_SIZES.get(cfg["dataset"], 0)
+def derive(values: dict) -> dict:
+    """Fill in class/patch grids, poster size, label kind and step count from the rest (the values of a checked
+    config, as a dict)."""
+    n = values["n_classes"]
+    if n and values["class_grid"] == "auto":
+        values["class_grid"] = auto_class_grid(n)
+    if values.get("patches"):  # --patches PXxPY
+        values["patch_grid"] = parse_grid(values.pop("patches"))
+    if values["patch_grid"] == "auto" and isinstance(values["class_grid"], list):
+        values["patch_grid"] = [2 * values["class_grid"][0], 2 * values["class_grid"][1]]
+    key = f"{values['ipc']:.1f}"
+    if not values.get("poster_size") and abs(values["ipc"] - float(key)) < 1e-9 and key in values.get("posters", {}):
+        values["poster_size"] = list(values["posters"][key])
+    values["label_kind"] = labels_kind(values)
+    if not values.get("steps"):
+        n_train = TRAIN_SIZES.get(values["dataset"], 0)
         if not n_train:
-            raise PoddError(f"set steps for {cfg['dataset']} (e.g. --steps 1000): its training-set size is unknown")
-        cfg["steps"] = cfg["epochs"] * math.ceil(n_train / cfg["bs"])
-    return cfg
+            raise PoddError(f"set steps for {values['dataset']} (e.g. --steps 1000): its training-set size is unknown")
+        values["steps"] = values["epochs"] * math.ceil(n_train / values["bs"])
+    return values
 
 
 def parse_grid(text: str | list) -> list[int]:
@@ -244,8 +327,8 @@ def tiling_overrides(dataset: str, profile: str = "paper") -> dict:
     5x2 patches on a 64x160 poster), so the patches do not overlap: 1 image per class, as in RaT-BPTT.
     """
     cfg = resolve_config(dataset, 1.0, profile)
-    if not isinstance(cfg["class_grid"], list):
+    if not isinstance(cfg.class_grid, list):
         raise PoddError(f"the class grid of {dataset} is only known from its data")
-    o_x, o_y = cfg["class_grid"]
-    h, w = cfg["image_size"]
+    o_x, o_y = cfg.class_grid
+    h, w = cfg.image_size
     return {"patch_grid": [o_x, o_y], "poster_size": [o_y * h, o_x * w]}

@@ -40,7 +40,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,9 @@ from podd_lib.fast import AUTOCAST, BACKENDS, COMPILE_MODES
 from podd_lib.io import atomic_write_json
 from podd_lib.models import make_model
 from podd_lib.training import STD_NOTE, hardened, train_models
+
+if TYPE_CHECKING:
+    from .config import Config
 
 DEFAULT_STEPS = (300, 600, 1000, 2000)
 
@@ -146,18 +149,18 @@ def _model_fn(arch: str, channels: int, num_classes: int, im_size: tuple[int, in
     return fn
 
 
-def check_models_fit_config(cfg: dict, num_models: int, device: str | torch.device, channels: int = 3) -> None:
+def check_models_fit_config(cfg: Config, num_models: int, device: str | torch.device, channels: int = 3) -> None:
     """The memory check of training.check_models_fit from a config alone (no data read); skipped without a class count."""
     from .training import check_models_fit
 
-    if not cfg.get("n_classes") or not cfg.get("image_size"):
+    if not cfg.n_classes or not cfg.image_size:
         return
-    h, w = (int(v) for v in cfg["image_size"])
-    fn = _model_fn(cfg["arch"], channels, int(cfg["n_classes"]), (h, w),
-                   {k: cfg[k] for k in ("width", "depth", "norm", "pool") if k in cfg})
+    h, w = (int(v) for v in cfg.image_size)
+    fn = _model_fn(cfg.arch, channels, int(cfg.n_classes), (h, w),
+                   {k: getattr(cfg, k) for k in ("width", "depth", "norm", "pool")})
     with torch.device("meta"):
         n_params = sum(p.numel() for p in fn().parameters())
-    check_models_fit(num_models, n_params, int(cfg.get("bs_d", 256)) * channels * h * w, _device(device))
+    check_models_fit(num_models, n_params, int(cfg.bs_d) * channels * h * w, _device(device))
 
 
 # ---------------------------------------------------------------- the protocol
@@ -362,16 +365,16 @@ def progress_key(protocol: EvalProtocol, x_syn: Tensor, y_syn: Tensor, with_hard
     return h.hexdigest()[:12]
 
 
-def protocol_from_config(cfg: dict) -> EvalProtocol:
+def protocol_from_config(cfg: Config) -> EvalProtocol:
     """A run's evaluation protocol: its network, K = eval_models, eval_steps, bs_d, syn_aug, seed and backend.
 
     The learning rate, augmentation mode and the GPU levers keep EvalProtocol's defaults: the config's
     compile_steps and autocast are the distillation's.
     """
-    return EvalProtocol(arch=cfg["arch"], num_models=cfg["eval_models"], steps=tuple(cfg["eval_steps"]),
-                        bs_d=cfg["bs_d"], augmentation=cfg["syn_aug"], seed=cfg["seed"],
-                        backend=cfg.get("backend", "auto"), width=cfg["width"], depth=cfg["depth"],
-                        norm=cfg["norm"], pool=cfg["pool"])
+    return EvalProtocol(arch=cfg.arch, num_models=cfg.eval_models, steps=tuple(cfg.eval_steps),
+                        bs_d=cfg.bs_d, augmentation=cfg.syn_aug, seed=cfg.seed,
+                        backend=cfg.backend, width=cfg.width, depth=cfg.depth,
+                        norm=cfg.norm, pool=cfg.pool)
 
 
 def random_real_subset(

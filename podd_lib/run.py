@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from .config import derive
+from .config import Config, with_data
 from .errors import PoddError
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .algorithms import builder
@@ -44,81 +44,75 @@ from . import selection, whitening
 METRIC_FIELDS = ("step", "loss", "grad_norm", "curriculum", "seconds")
 
 
-def geometry_from_config(cfg: dict) -> PosterGeometry:
+def read_config(path: str | os.PathLike) -> Config:
+    """A run's config.json as a Config (a run made before a setting existed holds no such key)."""
+    return Config.from_dict(read_run_config(Path(path)), where=f"{path}: ")
+
+
+def geometry_from_config(cfg: Config) -> PosterGeometry:
     """The poster geometry a config asks for (validated; no data needed)."""
-    if not cfg.get("n_classes"):
-        raise PoddError(f"the class count of {cfg['dataset']} is only known from its data")
-    size = tuple(cfg["poster_size"]) if cfg.get("poster_size") else None
-    if cfg.get("per_class_posters"):  # figure 9: one single-class poster of `ipc` images per class
-        if cfg["label_kind"] != "fixed":
+    if not cfg.n_classes:
+        raise PoddError(f"the class count of {cfg.dataset} is only known from its data")
+    size = tuple(cfg.poster_size) if cfg.poster_size else None
+    if cfg.per_class_posters:  # figure 9: one single-class poster of `ipc` images per class
+        if cfg.label_kind != "fixed":
             raise PoddError("per-class posters carry fixed one-hot labels; set labels=fixed")
-        g = make_geometry(cfg["ipc"], 1, tuple(cfg["image_size"]), (1, 1), tuple(cfg["patch_grid"]), size)
+        g = make_geometry(cfg.ipc, 1, tuple(cfg.image_size), (1, 1), tuple(cfg.patch_grid), size)
     else:
-        g = make_geometry(cfg["ipc"], cfg["n_classes"], tuple(cfg["image_size"]), tuple(cfg["class_grid"]),
-                          tuple(cfg["patch_grid"]), size)
-    check_patches_fit(g.n_patches * (cfg["n_classes"] if cfg.get("per_class_posters") else 1), 3, g.h, g.w,
+        g = make_geometry(cfg.ipc, cfg.n_classes, tuple(cfg.image_size), tuple(cfg.class_grid),
+                          tuple(cfg.patch_grid), size)
+    check_patches_fit(g.n_patches * (cfg.n_classes if cfg.per_class_posters else 1), 3, g.h, g.w,
                       g.d_w, g.d_h, g.p_x, g.p_y)
     return g
 
 
-def apply_backend(cfg: dict, device: str | torch.device = "cpu") -> dict:
+def apply_backend(cfg: Config, device: str | torch.device = "cpu") -> Config:
     """The config with its speed backend resolved for device; "reference" turns the fast path's keys off.
 
     compile_steps becomes "none" where it compiles nothing (not CUDA, or not RaT-BPTT), so config.json says what ran.
     """
-    backend = resolve_backend(cfg.get("backend", "auto"), str(device), cfg.get("conv_dtype", "float32"),
-                              cfg.get("autocast", "none"))
-    cfg = {**cfg, "backend": backend}
-    if backend == "reference":
-        cfg.update(fused_blocks=False, channels_last=False, cpu_kernels=False)
-    if "compile_steps" in cfg and not (compile_applies(cfg["compile_steps"], device) and cfg.get("algorithm") == "ratbptt"):
-        cfg["compile_steps"] = "none"
-    return cfg
+    changes: dict = {"backend": resolve_backend(cfg.backend, str(device), cfg.conv_dtype, cfg.autocast)}
+    if changes["backend"] == "reference":
+        changes.update(fused_blocks=False, channels_last=False, cpu_kernels=False)
+    if cfg.compile_steps != "none" and not (compile_applies(cfg.compile_steps, device) and cfg.algorithm == "ratbptt"):
+        changes["compile_steps"] = "none"
+    return cfg.replace(**changes)
 
 
-def settings_from_config(cfg: dict) -> RatBpttSettings:
+def settings_from_config(cfg: Config) -> RatBpttSettings:
     """The RaT-BPTT settings of a config."""
     keys = ("window", "totwindow", "minwindow", "inner_lr", "lr", "bs_d", "bs", "syn_aug", "real_aug")
-    return RatBpttSettings(**{k: cfg[k] for k in keys}, fixed_curriculum=cfg.get("fixed_curriculum"),
-                           real_chunk=int(cfg.get("real_chunk", 0)), channels_last=bool(cfg.get("channels_last", False)),
-                           autocast=cfg.get("autocast", "none"), compile_steps=cfg.get("compile_steps", "none"),
-                           curriculum_draw=cfg.get("curriculum_draw", "step"))
+    return RatBpttSettings(**{k: getattr(cfg, k) for k in keys}, fixed_curriculum=cfg.fixed_curriculum,
+                           real_chunk=cfg.real_chunk, channels_last=cfg.channels_last, autocast=cfg.autocast,
+                           compile_steps=cfg.compile_steps, curriculum_draw=cfg.curriculum_draw)
 
 
-def adapt_config_to_data(cfg: dict, real) -> dict:
-    """Take class count and image size from the data (ImageFolder) and check they agree."""
-    n = len(real.classes)
-    if cfg["dataset"] in ("cifar10", "cifar100", "cub200", "tinyimagenet") and cfg["n_classes"] != n:
-        raise PoddError(f"{cfg['dataset']} config expects {cfg['n_classes']} classes but the data has {n}")
-    if not cfg["n_classes"]:
-        cfg["n_classes"] = n
-        cfg["image_size"] = list(real.image_size)
-        if cfg["class_grid"] == "auto" or cfg["patch_grid"] == "auto":
-            cfg = derive(cfg)
-    return cfg
+def adapt_config_to_data(cfg: Config, real) -> Config:
+    """The config with the class count and image size of its data (ImageFolder), checked to agree."""
+    return with_data(cfg, len(real.classes), real.image_size)
 
 
 CONV_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # config name -> the fused blocks' conv dtype
 
 
-def model_for(cfg: dict, channels: int, device: str | torch.device = "cpu") -> torch.nn.Module:
+def model_for(cfg: Config, channels: int, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The network of a config, on device."""
     model = make_model(
-        cfg["arch"],
+        cfg.arch,
         channels=channels,
-        num_classes=cfg["n_classes"],
-        im_size=tuple(cfg["image_size"]),
-        width=cfg["width"],
-        depth=cfg["depth"],
-        norm=cfg["norm"],
-        pool=cfg["pool"],
+        num_classes=cfg.n_classes,
+        im_size=tuple(cfg.image_size),
+        width=cfg.width,
+        depth=cfg.depth,
+        norm=cfg.norm,
+        pool=cfg.pool,
     ).to(device)
     cfg = apply_backend(cfg, device)
-    set_backend(model, cfg["backend"] == "fast")
-    if hasattr(model, "fused_blocks") and cfg["backend"] == "fast":
-        model.fused_blocks = bool(cfg.get("fused_blocks", True))
-        model.conv_dtype = CONV_DTYPES[cfg.get("conv_dtype", "float32")]
-        model.cpu_kernels = bool(cfg.get("cpu_kernels", True))
+    set_backend(model, cfg.backend == "fast")
+    if hasattr(model, "fused_blocks") and cfg.backend == "fast":
+        model.fused_blocks = bool(cfg.fused_blocks)
+        model.conv_dtype = CONV_DTYPES[cfg.conv_dtype]
+        model.cpu_kernels = bool(cfg.cpu_kernels)
     return model
 
 
@@ -135,67 +129,67 @@ class Problem:
     outer: OuterSettings | None = None
 
 
-def order_for(cfg: dict, classes: list[str], geom: PosterGeometry) -> list[list[int]]:
+def order_for(cfg: Config, classes: list[str], geom: PosterGeometry) -> list[list[int]]:
     """The class grid O: the config's ordering; per-class posters are simply one class each, in order."""
-    if cfg.get("per_class_posters"):
+    if cfg.per_class_posters:
         return [[k] for k in range(len(classes))]
     from .poco import resolve_order
 
-    return resolve_order(cfg["order"], list(classes), geom.o_y, geom.o_x, dataset=cfg["dataset"])
+    return resolve_order(cfg.order, list(classes), geom.o_y, geom.o_x, dataset=cfg.dataset)
 
 
-def make_algorithm(cfg: dict, model: torch.nn.Module, s: RatBpttSettings, real=None, device: str = "cpu",
+def make_algorithm(cfg: Config, model: torch.nn.Module, s: RatBpttSettings, real=None, device: str = "cpu",
                    progress: bool = False):
     """The config's distillation algorithm (MTT loads or trains its experts from the real data)."""
-    return builder(cfg["algorithm"])(cfg, model, s, real, device, progress)
+    return builder(cfg.algorithm)(cfg, model, s, real, device, progress)
 
 
-def make_sampler(cfg: dict, x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int) -> RealSampler:
+def make_sampler(cfg: Config, x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int) -> RealSampler:
     """Random or epoch-walk real batches, or DREAM's; per-class sampling checks every class has images now."""
-    if cfg["sampling"] == "dream":
+    if cfg.sampling == "dream":
         from .algorithms.dream import DreamSampler
 
-        sampler = DreamSampler(x_train, y_train, n_classes, cfg["dream_interval"], cfg["dream_pool"], cfg["dream_iters"])
-    elif cfg.get("real_batches", "random") == "epochs":  # the release's walk over shuffled epochs
-        sampler = EpochSampler(x_train, y_train, n_classes, int(cfg["seed"]))
+        sampler = DreamSampler(x_train, y_train, n_classes, cfg.dream_interval, cfg.dream_pool, cfg.dream_iters)
+    elif cfg.real_batches == "epochs":  # the release's walk over shuffled epochs
+        sampler = EpochSampler(x_train, y_train, n_classes, int(cfg.seed))
     else:
         sampler = RealSampler(x_train, y_train, n_classes)
-    if cfg["sampling"] == "dream" or cfg["algorithm"] in ("dm", "dc"):
+    if cfg.sampling == "dream" or cfg.algorithm in ("dm", "dc"):
         sampler.by_class  # noqa: B018 -- a class without images fails here, before any compute
     return sampler
 
 
-def build_problem(cfg: dict, order: list[list[int]], channels: int, device: str = "cpu", real=None,
+def build_problem(cfg: Config, order: list[list[int]], channels: int, device: str = "cpu", real=None,
                   progress: bool = False) -> Problem:
     """Assemble the fixed parts of a distillation."""
     cfg = apply_backend(cfg, device)
     geom = geometry_from_config(cfg)
-    if cfg.get("per_class_posters"):
-        labels = PosterLabels.per_class(cfg["n_classes"], geom)
+    if cfg.per_class_posters:
+        labels = PosterLabels.per_class(cfg.n_classes, geom)
     else:
-        labels = PosterLabels(order, geom, learned=cfg["label_kind"] == "learned", sizing=cfg["label_sizing"],
-                             fixed_form=cfg.get("fixed_labels_form", "majority"))
+        labels = PosterLabels(order, geom, learned=cfg.label_kind == "learned", sizing=cfg.label_sizing,
+                             fixed_form=cfg.fixed_labels_form)
     if labels.table is not None:
         labels.table = labels.table.to(device)
     model = model_for(cfg, channels, device)
     s = settings_from_config(cfg)
-    outer = OuterSettings(clip_ema=s.clip_ema, clip_factor=s.clip_factor, clip_order=cfg.get("clip_order", "text"))
-    algo = make_algorithm(cfg, model, s, real, device, progress) if (real is not None or cfg["algorithm"] != "mtt") else None
+    outer = OuterSettings(clip_ema=s.clip_ema, clip_factor=s.clip_factor, clip_order=cfg.clip_order)
+    algo = make_algorithm(cfg, model, s, real, device, progress) if (real is not None or cfg.algorithm != "mtt") else None
     return Problem(geom, order, labels, model, s, algo, outer)
 
 
-def initial_poster(cfg: dict, pb: Problem, channels: int, real=None) -> torch.Tensor:
+def initial_poster(cfg: Config, pb: Problem, channels: int, real=None) -> torch.Tensor:
     """The poster before distillation: N(0, 1) (paper), class areas (release), real or DREAM images."""
-    seed = int(cfg["seed"])
-    if cfg.get("per_class_posters"):  # init=normal only (validate.RULES)
+    seed = int(cfg.seed)
+    if cfg.per_class_posters:  # init=normal only (validate.RULES)
         g = torch.Generator().manual_seed(seed)
-        return torch.randn(cfg["n_classes"], channels, pb.geom.d_h, pb.geom.d_w, generator=g)
-    if cfg["init"] in ("real", "dream"):
+        return torch.randn(cfg.n_classes, channels, pb.geom.d_h, pb.geom.d_w, generator=g)
+    if cfg.init in ("real", "dream"):
         if real is None:
-            raise PoddError(f"init {cfg['init']!r} needs the real data")
+            raise PoddError(f"init {cfg.init!r} needs the real data")
         gen = torch.Generator().manual_seed(seed)
         x, y = real.x_train, real.y_train
-        if cfg["init"] == "real":  # one random training image per class
+        if cfg.init == "real":  # one random training image per class
             picks = [int(ix[torch.randint(ix.numel(), (1,), generator=gen)])
                      for ix in (torch.nonzero(y == c).flatten() for c in range(pb.geom.n_classes))]
             images = x[torch.tensor(picks)]
@@ -208,15 +202,15 @@ def initial_poster(cfg: dict, pb: Problem, channels: int, real=None) -> torch.Te
             with torch.no_grad():
                 images = class_representatives(x, y, pb.geom.n_classes,
                                                lambda b: embed(pb.model, params, b.to(dev)).cpu(), gen,
-                                               cfg["dream_iters"])
+                                               cfg.dream_iters)
         return init_from_images(pb.geom, images.cpu(), pb.order)
-    return init_poster(pb.geom, channels, cfg["init"], pb.order, generator=torch.Generator().manual_seed(seed))
+    return init_poster(pb.geom, channels, cfg.init, pb.order, generator=torch.Generator().manual_seed(seed))
 
 
-def initial_state(cfg: dict, pb: Problem, channels: int, device: str = "cpu", real=None) -> OuterState:
-    """A fresh poster, Y and outer optimiser (and the algorithm's own leaves), all seeded by cfg['seed']."""
+def initial_state(cfg: Config, pb: Problem, channels: int, device: str = "cpu", real=None) -> OuterState:
+    """A fresh poster, Y and outer optimiser (and the algorithm's own leaves), all seeded by cfg.seed."""
     gen = torch.Generator(device=device)
-    gen.manual_seed(int(cfg["seed"]))
+    gen.manual_seed(int(cfg.seed))
     poster = initial_poster(cfg, pb, channels, real)
     Y = pb.labels.Y.clone() if pb.labels.learned else None
     extras = pb.algo.extra_leaves() if pb.algo is not None else []
@@ -279,7 +273,7 @@ def metrics_csv(history: list[dict]) -> str:
 
 
 def distill(
-    cfg: dict,
+    cfg: Config,
     real,
     order: list[list[int]],
     out: str | os.PathLike,
@@ -289,32 +283,32 @@ def distill(
     stop_after: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> OuterState:
-    """Run (or resume) PoDD for cfg['steps'] outer steps; stop_after simulates an interruption.
+    """Run (or resume) PoDD for cfg.steps outer steps; stop_after simulates an interruption.
 
-    With cfg['deterministic'] (default) the run is in PyTorch's deterministic mode, and the flags are
+    With cfg.deterministic (default) the run is in PyTorch's deterministic mode, and the flags are
     restored when it returns (`determinism.deterministic_mode`). on_step(step, steps) is called after
     every outer step (progress reporting).
     """
     check_run_out(Path(out), resume)
-    with folder_lock(Path(out)), deterministic_mode(cfg.get("deterministic", True), device):
+    with folder_lock(Path(out)), deterministic_mode(cfg.deterministic, device):
         return _distill(cfg, real, order, out, resume, device, progress, stop_after, on_step)
 
 
-def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, resume: bool, device: str,
+def _distill(cfg: Config, real, order: list[list[int]], out: str | os.PathLike, resume: bool, device: str,
              progress: bool, stop_after: int | None, on_step: Callable[[int, int], None] | None) -> OuterState:
     """`distill` under the flags it has set."""
     out = Path(out)
     ck_path = out / "checkpoint.pt"
     cfg = apply_backend(cfg, device)  # config.json records the backend that ran
     check_run_out(out, resume)
-    record = {**cfg, "order_grid": order}
+    record = {**cfg.to_dict(), "order_grid": order}
     ck = None
     if resume:
         ck = load_torch_file(ck_path, ("step", "poster", "opt", "history"))
         old = ck.get("config") or read_run_config(out / "config.json")
         changed = resume_changes(old, record)
-        if cfg["steps"] < ck["step"]:
-            raise PoddError(f"cannot resume: {ck_path} is at step {ck['step']}, beyond steps={cfg['steps']}")
+        if cfg.steps < ck["step"]:
+            raise PoddError(f"cannot resume: {ck_path} is at step {ck['step']}, beyond steps={cfg.steps}")
         resumes = list(old.get("resumes", []))
         if changed:
             resumes.append({"step": ck["step"], "changed": changed})
@@ -330,12 +324,12 @@ def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, re
         (out / selection.KEPT).unlink(missing_ok=True)  # a kept poster of an attempt that never checkpointed
     atomic_write_json(out / "config.json", {**record, "geometry": pb.geom.to_dict()})
     x_train, y_train = real.x_train.to(device), real.y_train.to(device)
-    sampler = make_sampler(cfg, x_train, y_train, cfg["n_classes"])  # per-class posters: geom has 1 class
+    sampler = make_sampler(cfg, x_train, y_train, cfg.n_classes)  # per-class posters: geom has 1 class
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg["steps"], initial=st.step, desc="distill", disable=not progress or bool(os.environ.get("CI")))
+    bar = tqdm(total=cfg.steps, initial=st.step, desc="distill", disable=not progress or bool(os.environ.get("CI")))
     last_good = st.step if ck_path.exists() else None
-    while st.step < cfg["steps"]:
+    while st.step < cfg.steps:
         t0 = time.perf_counter()
         try:
             row = outer_step(st, pb.algo, pb.labels, pb.geom, sampler, pb.outer)
@@ -352,26 +346,26 @@ def _distill(cfg: dict, real, order: list[list[int]], out: str | os.PathLike, re
         st.history.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.3f}")
-        if st.step % cfg["checkpoint_every"] == 0 or st.step == cfg["steps"]:
+        if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
             atomic_torch_save(checkpoint_dict(st), ck_path)
             atomic_write_text(out / "metrics.csv", metrics_csv(st.history))
             last_good = st.step
         if on_step is not None:
-            on_step(st.step, cfg["steps"])
+            on_step(st.step, cfg.steps)
         if stop_after is not None and st.step >= stop_after:
             break
     bar.close()
-    if st.step >= cfg["steps"]:
+    if st.step >= cfg.steps:
         write_results(out, cfg, pb, st, real)
     return st
 
 
-def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> None:
+def write_results(out: Path, cfg: Config, pb: Problem, st: OuterState, real) -> None:
     """poster.pt, labels.pt, metrics.csv and poster.png of a finished run (its kept poster under keep = "best_train")."""
     poster = st.poster.detach().cpu()
     Y = None if st.Y is None else st.Y.detach().cpu()
     kept = None
-    if cfg.get("keep", "last") == "best_train":
+    if cfg.keep == "best_train":
         k = selection.kept(out)
         poster, Y, kept = k["poster"], k["Y"], {"step": k["step"], "score": k["score"], "by_step": k["by_step"]}
     with torch.no_grad():
@@ -380,10 +374,10 @@ def write_results(out: Path, cfg: dict, pb: Problem, st: OuterState, real) -> No
     prep = None if pre is None else (whitening.reference(pre) if pre.kind == "zca" else pre.state_dict())
     atomic_torch_save(
         {"poster": poster, "geometry": pb.geom.to_dict(), "order": pb.order, "classes": list(real.classes),
-         "preprocess": prep, "dataset": cfg["dataset"], "kept": kept},
+         "preprocess": prep, "dataset": cfg.dataset, "kept": kept},
         out / "poster.pt",
     )
-    atomic_torch_save({"patch_labels": patch_labels, "Y": Y, "label_kind": cfg["label_kind"]}, out / "labels.pt")
+    atomic_torch_save({"patch_labels": patch_labels, "Y": Y, "label_kind": cfg.label_kind}, out / "labels.pt")
     atomic_write_text(out / "metrics.csv", metrics_csv(st.history))
     from .viz import save_per_class_png, save_poster_png
 
@@ -404,14 +398,14 @@ def load_run(run: str | os.PathLike, data_root: str | os.PathLike | None = None)
     for name in ("config.json", "poster.pt", "labels.pt"):
         if not (run / name).exists():
             raise PoddError(f"{run} is not a finished run: {name} is missing")
-    cfg = read_run_config(run / "config.json")
+    cfg = read_config(run / "config.json")
     P = load_torch_file(run / "poster.pt", ("poster", "geometry", "order", "classes", "preprocess"))
     L = load_torch_file(run / "labels.pt", ("patch_labels", "Y"))
     if not isinstance(P["classes"], list):
         raise PoddError(f"{run / 'poster.pt'}: classes is not a list of names; the file is damaged or foreign")
     for name in P["classes"]:
         check_name(name, "class name", run / "poster.pt")
-    check_text(P.get("dataset", cfg.get("dataset", "?")), "dataset name", run / "poster.pt")
+    check_text(P.get("dataset", cfg.dataset), "dataset name", run / "poster.pt")
     geom = PosterGeometry(**{k: P["geometry"][k] for k in PosterGeometry.__dataclass_fields__})
     from .poster import extract_patches
 

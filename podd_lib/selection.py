@@ -13,6 +13,7 @@ global random state, so the distillation itself is the same with either setting.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,12 +23,15 @@ from .poddl import PosterLabels
 from .poster import PosterGeometry, extract_patches
 from .safety import load_torch_file
 
+if TYPE_CHECKING:
+    from .config import Config
+
 KEPT = "kept.pt"
 
 
-def due(cfg: dict, step: int) -> bool:
+def due(cfg: Config, step: int) -> bool:
     """Whether the poster is scored after this outer step."""
-    return cfg.get("keep", "last") == "best_train" and (step % cfg["keep_every"] == 0 or step == cfg["steps"])
+    return cfg.keep == "best_train" and (step % cfg.keep_every == 0 or step == cfg.steps)
 
 
 def distilled_set(poster: Tensor, Y: Tensor | None, geom: PosterGeometry, labels: PosterLabels) -> tuple[Tensor, Tensor]:
@@ -37,7 +41,7 @@ def distilled_set(poster: Tensor, Y: Tensor | None, geom: PosterGeometry, labels
         return extract_patches(poster.detach(), geom).cpu(), y.detach().cpu()
 
 
-def training_set_score(cfg: dict, x: Tensor, y: Tensor, real, device: str = "cpu") -> dict:
+def training_set_score(cfg: Config, x: Tensor, y: Tensor, real, device: str = "cpu") -> dict:
     """{"score", "by_step"}: networks trained on (x, y) as the protocol trains them, tested on the training set."""
     from .evaluate import protocol_from_config, train_and_test
 

@@ -1,8 +1,9 @@
 """One validation layer for configs: CLI flags, --set values, config files and a run's config.json.
 
-A config is a flat dict (config.resolve_config). `check_config` checks it against `ConfigSchema`,
-a frozen dataclass whose field types say what each key may hold (choices, ranges, list lengths),
-and against the settings each algorithm declares in its registry entry (`schema_fields`), then
+`check_config` checks a config's values as a dict (what config.resolve_config merges from the
+TOML files and overrides, or a run's config.json) before config.Config is built from them: against
+`ConfigSchema`, a frozen dataclass whose field types say what each key may hold (choices, ranges,
+list lengths), against the settings each algorithm declares in its registry entry (`schema_fields`), then
 against `RULES`, the constraints between keys, and turns the first problem into a one-line
 PoddError that names the key and the bad value. It runs before any data is read. Types are
 strict: `width=3.5`, `zca=maybe` or `steps="ten"` are errors, never coerced. The checker is a
@@ -229,23 +230,24 @@ def problem(key: str, value: Any, tp: Any) -> str:
     return f"{key} must be {describe(tp)}, got {value!r}"
 
 
-def check_config(cfg: dict, user: dict | None = None, where: str = "") -> ConfigSchema:
+def check_config(values: dict, user: dict | None = None, where: str = "") -> ConfigSchema:
     """The config as a ConfigSchema, or a one-line PoddError at its first unknown key, bad value or broken rule.
 
     user: the keys the user set (--set, flags, a config file): they must be schema keys, and `steps`
     there must be >= 1. where: a prefix for the message (e.g. the file's name).
     """
     user, fields = user or {}, schema_fields()
-    unknown = sorted({k for k in cfg if k not in fields.keys() | DERIVED_KEYS} | {k for k in user if k not in fields})
+    unknown = sorted({k for k in values if k not in fields.keys() | DERIVED_KEYS}
+                     | {k for k in user if k not in fields})
     if unknown:
         raise PoddError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
     for key in USER_COUNTS:
         if key in user and not conforms(user[key], Count):
             raise PoddError(f"{where}{key} must be {describe(Count)}, got {user[key]!r}")
     for key, tp in fields.items():
-        if (key in cfg and not conforms(cfg[key], tp)) or (key in REQUIRED and key not in cfg):
-            raise PoddError(where + problem(key, cfg.get(key), tp))
-    checked = ConfigSchema(**{k: v for k, v in cfg.items() if k in FIELDS})
+        if (key in values and not conforms(values[key], tp)) or (key in REQUIRED and key not in values):
+            raise PoddError(where + problem(key, values.get(key), tp))
+    checked = ConfigSchema(**{k: v for k, v in values.items() if k in FIELDS})
     for broken, message in RULES:
         if broken(checked):
             raise PoddError(where + message)

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import PoddError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 REFERENCE = "zca-reference"
 PROBE_IMAGES = 2
@@ -40,14 +44,14 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and float((a - b).abs().max()) <= TOLERANCE * max(float(b.abs().max()), 1e-12)
 
 
-def _candidate_roots(data_root: str | os.PathLike | None, cfg: dict) -> list[str]:
+def _candidate_roots(data_root: str | os.PathLike | None, cfg: Config) -> list[str]:
     """Where to look for a run's dataset: the given root, the run's own, $PODD_DATA_ROOT, the kit's ./data."""
     kit_data = Path(__file__).resolve().parent.parent / "data"
-    given = [data_root, cfg.get("data_root"), os.environ.get("PODD_DATA_ROOT"), kit_data]
+    given = [data_root, cfg.data_root, os.environ.get("PODD_DATA_ROOT"), kit_data]
     return list(dict.fromkeys(str(r) for r in given if r))
 
 
-def resolve(state: dict | None, cfg: dict, source: Path, data_root: str | os.PathLike | None = None) -> dict | None:
+def resolve(state: dict | None, cfg: Config, source: Path, data_root: str | os.PathLike | None = None) -> dict | None:
     """The full preprocessor state of a run: as stored, or its whitening recomputed from the run's dataset."""
     if not isinstance(state, dict) or state.get("kind") != REFERENCE:
         return state
@@ -62,11 +66,11 @@ def resolve(state: dict | None, cfg: dict, source: Path, data_root: str | os.Pat
         except PoddError as e:
             first_error = first_error or e
     if zca is None:
-        raise PoddError(f"{source} keeps a reference to the ZCA whitening of {cfg.get('dataset')}, which is "
+        raise PoddError(f"{source} keeps a reference to the ZCA whitening of {cfg.dataset}, which is "
                         f"recomputed from that dataset's training data; it is not available under "
                         f"{' or '.join(map(str, roots))} ({first_error}); give --data-root or set PODD_DATA_ROOT")
     if zca.reg != float(state["reg"]) or list(zca.image_shape) != list(state["image_shape"]) \
             or not _close(zca.eigvals, state["eigvals"]) or not _close(_probe(zca), state["probe"]):
-        raise PoddError(f"{source}: the ZCA whitening recomputed from {cfg.get('dataset')} under {root} is not the "
+        raise PoddError(f"{source}: the ZCA whitening recomputed from {cfg.dataset} under {root} is not the "
                         f"one the run was made with (has the data changed?)")
     return zca.state_dict()

@@ -15,6 +15,8 @@ is DC/DSA at one inner loop, their setting for 1 image per class.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +25,9 @@ from torch.func import functional_call
 from ..models import seed_from
 from .base import (ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, frozen_features, reinit_params,
                    siamese_augment)
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def layer_distance(g_real: Tensor, g_syn: Tensor) -> Tensor:
@@ -74,7 +79,7 @@ class GradientMatching(ClassMatching):
 
 
 
-def from_config(cfg: dict, model: nn.Module, s, real=None, device: str = "cpu",
+def from_config(cfg: Config, model: nn.Module, s, real=None, device: str = "cpu",
                 progress: bool = False) -> GradientMatching:
     """DC with the config's real images per class and the patch batch and augmentation of s."""
-    return GradientMatching(model, DCSettings(cfg["real_per_class"], s.bs_d, s.syn_aug))
+    return GradientMatching(model, DCSettings(cfg.real_per_class, s.bs_d, s.syn_aug))

@@ -14,12 +14,17 @@ With one-hot labels this is DM exactly. Real and synthetic images share the augm
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
 from ..models import seed_from
 from .base import (ClassMatching, ClassMatchSettings, RealSampler, SyntheticSet, embed, frozen_features,
                    reinit_params, siamese_augment)
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def weighted_class_means(emb: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,7 +64,7 @@ class DistributionMatching(ClassMatching):
         return dm_loss(torch.stack(means), emb_syn, y), {}
 
 
-def from_config(cfg: dict, model: nn.Module, s, real=None, device: str = "cpu",
+def from_config(cfg: Config, model: nn.Module, s, real=None, device: str = "cpu",
                 progress: bool = False) -> DistributionMatching:
     """DM with the config's real images per class and the patch batch and augmentation of s."""
-    return DistributionMatching(model, DMSettings(cfg["real_per_class"], s.bs_d, s.syn_aug))
+    return DistributionMatching(model, DMSettings(cfg.real_per_class, s.bs_d, s.syn_aug))

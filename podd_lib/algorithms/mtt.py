@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from ..augment import augment
 from ..errors import PoddError
 from ..io import atomic_torch_save
 from .base import RealSampler, SyntheticSet, reinit_params, soft_cross_entropy
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def flatten_params(params: dict[str, Tensor]) -> Tensor:
@@ -94,17 +98,17 @@ def train_expert(model: nn.Module, x: Tensor, y: Tensor, es: ExpertSettings, ind
     return torch.stack(traj)
 
 
-def expert_key(cfg: dict, es: ExpertSettings) -> str:
+def expert_key(cfg: Config, es: ExpertSettings) -> str:
     """A short hash of everything that changes an expert: data, network and training settings."""
     keys = ("dataset", "arch", "width", "depth", "norm", "pool", "zca", "zca_reg", "train_per_class")
-    stable = {**{k: cfg.get(k) for k in keys}, **es.__dict__}
+    stable = {**{k: getattr(cfg, k) for k in keys}, **es.__dict__}
     stable.pop("n_experts")  # more experts extend the same set
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def experts_dir(cfg: dict, es: ExpertSettings, root: str | os.PathLike) -> Path:
+def experts_dir(cfg: Config, es: ExpertSettings, root: str | os.PathLike) -> Path:
     """<root>/<dataset>-<key>: where a config's experts live."""
-    name = cfg["dataset"].replace(":", "_").replace("/", "_")
+    name = cfg.dataset.replace(":", "_").replace("/", "_")
     return Path(root) / f"{name}-{expert_key(cfg, es)}"
 
 
@@ -193,21 +197,21 @@ class TrajectoryMatching:
         return mtt_loss(flat, start, target), {"start_epoch": t, "expert": e, "syn_lr": float(self.alpha.detach())}
 
 
-def experts_root(cfg: dict) -> str:
+def experts_root(cfg: Config) -> str:
     """Where MTT's experts are cached: cfg experts_root, else $PODD_EXPERTS, else ./outputs/experts."""
-    return cfg.get("experts_root") or os.environ.get("PODD_EXPERTS") or "outputs/experts"
+    return cfg.experts_root or os.environ.get("PODD_EXPERTS") or "outputs/experts"
 
 
-def expert_settings(cfg: dict) -> ExpertSettings:
+def expert_settings(cfg: Config) -> ExpertSettings:
     """MTT's expert-training settings from a config (T = max_start_epoch + expert_epochs epochs)."""
-    return ExpertSettings(cfg["n_experts"], cfg["max_start_epoch"] + cfg["expert_epochs"], cfg["lr_teacher"],
-                          cfg["expert_bs"], cfg["expert_aug"], int(cfg["seed"]))
+    return ExpertSettings(cfg.n_experts, cfg.max_start_epoch + cfg.expert_epochs, cfg.lr_teacher,
+                          cfg.expert_bs, cfg.expert_aug, int(cfg.seed))
 
 
-def from_config(cfg: dict, model: nn.Module, s, real=None, device: str = "cpu",
+def from_config(cfg: Config, model: nn.Module, s, real=None, device: str = "cpu",
                 progress: bool = False) -> TrajectoryMatching:
     """MTT with the config's settings; loads its experts, or trains them on the real data."""
-    ms = MTTSettings(cfg["syn_steps"], cfg["expert_epochs"], cfg["max_start_epoch"], cfg["syn_lr"], cfg["lr_lr"],
+    ms = MTTSettings(cfg.syn_steps, cfg.expert_epochs, cfg.max_start_epoch, cfg.syn_lr, cfg.lr_lr,
                      s.bs_d, s.syn_aug)
     if real is None:
         raise PoddError("MTT needs the real data to load or train its experts")

@@ -19,6 +19,7 @@ functional Adam of `podd_lib.optim`, so no module is rebuilt and no `higher` is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,9 @@ from ..poster import PosterGeometry
 from .base import (OuterSettings, OuterState, PosterOnly, RealSampler, SyntheticSet, epoch_generator, frozen_features,
                    reinit_params, soft_cross_entropy, steps_per_epoch)
 from .base import outer_step as generic_outer_step
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 CURRICULUM_DRAWS = ("step", "epoch")
@@ -220,7 +224,7 @@ def outer_step(
     return generic_outer_step(st, RatBptt(model, s), labels, geom, real, outer)
 
 
-def from_config(cfg: dict, model: nn.Module, s: RatBpttSettings, real=None, device: str = "cpu",
+def from_config(cfg: Config, model: nn.Module, s: RatBpttSettings, real=None, device: str = "cpu",
                 progress: bool = False) -> RatBptt:
     """RaT-BPTT with the config's settings (already read into s); the seed drives per-epoch curriculum draws."""
-    return RatBptt(model, s, int(cfg.get("seed", 0)))
+    return RatBptt(model, s, int(cfg.seed))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from podd_lib.data.sources import (CIFAR10_CLASSES, DATASETS, IMAGE_EXTENSIONS, 
                                    _locate)
 from podd_lib.data.zca import (DEFAULT_ZCA_REG, MeanStd, Preprocessor, ZCA, fit_meanstd, fit_zca,  # noqa: F401
                                normalize_per_image, second_moment, to_display, window_offsets)
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 # ----------------------------------------------------------------------------- data root
@@ -141,37 +144,37 @@ def _fit_zca_cached(raw: RawData, root: Path, raw_key: dict[str, Any], strength:
     return zca
 
 
-def data_source(cfg: dict) -> str:
+def data_source(cfg: Config) -> str:
     """The dataset a config reads: imagefolder:ABSOLUTE for an ImageFolder whose location it recorded, else its name.
 
     An ImageFolder given by a relative path keeps that path as its name (in the run key) and its
     absolute location in dataset_path, so its run loads the same data from any working directory.
     """
-    name = str(cfg["dataset"])
-    if name.startswith("imagefolder:") and cfg.get("dataset_path"):
-        return f"imagefolder:{cfg['dataset_path']}"
+    name = str(cfg.dataset)
+    if name.startswith("imagefolder:") and cfg.dataset_path:
+        return f"imagefolder:{cfg.dataset_path}"
     return name
 
 
-def zca_for_config(cfg: dict, data_root: str | os.PathLike | None = None) -> ZCA:
+def zca_for_config(cfg: Config, data_root: str | os.PathLike | None = None) -> ZCA:
     """The ZCA whitening a run's config was made with, from its training data (both cached on disk); no download."""
     name = data_source(cfg)
-    size = tuple(cfg["image_size"]) if name.startswith("imagefolder:") and cfg.get("image_size") else None
-    reg = float(cfg.get("zca_reg", DEFAULT_ZCA_REG))
-    tpc, vpc = cfg["train_per_class"] or None, cfg["test_per_class"] or None
+    size = tuple(cfg.image_size) if name.startswith("imagefolder:") and cfg.image_size else None
+    reg = float(cfg.zca_reg)
+    tpc, vpc = cfg.train_per_class or None, cfg.test_per_class or None
     size = _check_options(name, tpc, vpc, size, reg)
     root = resolve_data_root(data_root)
     raw, raw_key = _load_raw(name, root, False, tpc, vpc, size, True)
     return _fit_zca_cached(raw, root, raw_key, reg, True)
 
 
-def load_for_config(cfg: dict, data_root: str | os.PathLike | None = None, download: bool = True) -> RealData:
+def load_for_config(cfg: Config, data_root: str | os.PathLike | None = None, download: bool = True) -> RealData:
     """The real data a run's config asks for: its dataset, slices, ZCA and regulariser (and size, for ImageFolder)."""
     name = data_source(cfg)
-    size = tuple(cfg["image_size"]) if name.startswith("imagefolder:") and cfg.get("image_size") else None
-    return load_dataset(name, data_root=data_root, zca=cfg["zca"], download=download,
-                        train_per_class=cfg["train_per_class"] or None, test_per_class=cfg["test_per_class"] or None,
-                        image_size=size, zca_reg=float(cfg.get("zca_reg", DEFAULT_ZCA_REG)))
+    size = tuple(cfg.image_size) if name.startswith("imagefolder:") and cfg.image_size else None
+    return load_dataset(name, data_root=data_root, zca=cfg.zca, download=download,
+                        train_per_class=cfg.train_per_class or None, test_per_class=cfg.test_per_class or None,
+                        image_size=size, zca_reg=float(cfg.zca_reg))
 
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, zca: bool = True,

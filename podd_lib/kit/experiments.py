@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from ..config import resolve_config, tiling_overrides
+from ..config import Config, resolve_config, tiling_overrides
 from ..errors import PoddError
 from ..io import atomic_write_json
 from ..safety import LOCK, folder_lock
@@ -38,7 +38,7 @@ VOLATILE = ("progress", "device", "profile_overrides", "user_overrides", "checkp
             "deterministic", "data_root", "dataset_path")
 
 
-def config_key(cfg: dict) -> str:
+def config_key(cfg: Config) -> str:
     """A short hash of everything that changes a result.
 
     Algorithm settings left at their defaults (config.algorithm_defaults), and those the config's
@@ -48,33 +48,33 @@ def config_key(cfg: dict) -> str:
     from ..config import algorithm_defaults, irrelevant_keys
 
     defaults, unused = algorithm_defaults(), irrelevant_keys(cfg)
-    stable = {k: v for k, v in sorted(cfg.items())
+    stable = {k: v for k, v in sorted(cfg.to_dict().items())
               if k not in VOLATILE and k not in unused and not (k in defaults and v == defaults[k])}
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def run_folder(cfg: dict) -> str:
+def run_folder(cfg: Config) -> str:
     """The run's folder name, 'ipc<IPC>-<key>': it depends on the config alone, so notebooks share runs."""
-    return f"ipc{cfg['ipc']:g}-{config_key(cfg)}"
+    return f"ipc{cfg.ipc:g}-{config_key(cfg)}"
 
 
 Report = Callable[[str, int, int], None]  # (phase, step, total): progress of a run, for executors
 RENDER_ONLY = "PODD_RENDER_ONLY"
 
 
-def distill_dir(cfg: dict, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
+def distill_dir(cfg: Config, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
     """The run folder of a distillation: out_dir/runs/<dataset>/ipc<IPC>-<key>."""
-    return Path(out_dir) / "runs" / (dataset or cfg["dataset"]) / run_folder(cfg)
+    return Path(out_dir) / "runs" / (dataset or cfg.dataset) / run_folder(cfg)
 
 
-def random_dir(cfg: dict, ipc: float, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
+def random_dir(cfg: Config, ipc: float, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
     """The folder of a random-real-images baseline."""
-    return Path(out_dir) / "runs" / (dataset or cfg["dataset"]) / f"random-ipc{ipc:g}-{config_key(cfg)}"
+    return Path(out_dir) / "runs" / (dataset or cfg.dataset) / f"random-ipc{ipc:g}-{config_key(cfg)}"
 
 
-def full_dir(cfg: dict, epochs: float, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
+def full_dir(cfg: Config, epochs: float, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
     """The folder of a full-dataset baseline."""
-    return Path(out_dir) / "runs" / (dataset or cfg["dataset"]) / f"full-{config_key(cfg)}-ep{epochs:g}"
+    return Path(out_dir) / "runs" / (dataset or cfg.dataset) / f"full-{config_key(cfg)}-ep{epochs:g}"
 
 
 def render_only() -> bool:
@@ -147,18 +147,18 @@ def progress_enabled() -> bool:
     return not os.environ.get("CI")
 
 
-def load_real(cfg: dict, data_root: str | None = None):
+def load_real(cfg: Config, data_root: str | None = None):
     """The real data a config asks for, loaded once per process (and cached on disk by data.py)."""
     from ..data import data_source, load_for_config
 
-    key = (data_source(cfg), str(data_root), cfg["zca"], cfg.get("zca_reg"), cfg["train_per_class"], cfg["test_per_class"],
-           str(cfg.get("image_size")))
+    key = (data_source(cfg), str(data_root), cfg.zca, cfg.zca_reg, cfg.train_per_class, cfg.test_per_class,
+           str(cfg.image_size))
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = load_for_config(cfg, data_root)
     return _DATA_CACHE[key]
 
 
-def _eval_kwargs(cfg: dict, device: str) -> dict:
+def _eval_kwargs(cfg: Config, device: str) -> dict:
     """evaluate_distilled's protocol (from the config), device and progress, as keyword arguments."""
     from ..evaluate import protocol_from_config
 
@@ -208,8 +208,8 @@ def distill_and_evaluate(
     if render_only():
         return missing_result(run_dir, {
             "tag": tag, "dataset": dataset, "ipc": ipc, "exact_ipc": geom0.ipc, "profile": profile,
-            "seed": cfg["seed"], "config_key": config_key(cfg), "geometry": geom0.to_dict(), "label_kind": cfg["label_kind"],
-            "steps": cfg["steps"], "seconds_per_step_median": None, "command": command, "config": cfg})
+            "seed": cfg.seed, "config_key": config_key(cfg), "geometry": geom0.to_dict(), "label_kind": cfg.label_kind,
+            "steps": cfg.steps, "seconds_per_step_median": None, "command": command, "config": cfg.to_dict()})
     with folder_lock(run_dir, "run folder"):
         if force and run_dir.exists():
             for entry in run_dir.iterdir():  # the lock file stays: this process holds it
@@ -219,7 +219,7 @@ def distill_and_evaluate(
                                      hard_labels, run_dir, result_path, command)
 
 
-def _distill_and_evaluate(cfg: dict, dataset: str, ipc: float, profile: str, overrides: dict | None,
+def _distill_and_evaluate(cfg: Config, dataset: str, ipc: float, profile: str, overrides: dict | None,
                           data_root: str | None, tag: str, device: str, report: Report | None, hard_labels: bool,
                           run_dir: Path, result_path: Path, command: str) -> dict:
     """distill_and_evaluate while this process holds the run folder's lock."""
@@ -243,11 +243,11 @@ def _distill_and_evaluate(cfg: dict, dataset: str, ipc: float, profile: str, ove
     step_secs = [r["seconds"] for r in st.history]
     result = {
         "tag": tag, "dataset": dataset, "ipc": ipc, "exact_ipc": geom.ipc, "profile": profile,
-        "seed": cfg["seed"], "config_key": config_key(cfg), "run_dir": str(run_dir), "geometry": geom.to_dict(),
-        "label_kind": cfg["label_kind"], "steps": st.step,
+        "seed": cfg.seed, "config_key": config_key(cfg), "run_dir": str(run_dir), "geometry": geom.to_dict(),
+        "label_kind": cfg.label_kind, "steps": st.step,
         "seconds_per_step_median": statistics.median(step_secs) if step_secs else None,
         "seconds_distill_this_call": seconds, "eval": ev, "summary": summarize_eval(ev), "kept": run.get("kept"),
-        "command": command, "config": cfg, "computed_on": computed_on(dev),
+        "command": command, "config": cfg.to_dict(), "computed_on": computed_on(dev),
     }
     atomic_write_json(result_path, result)
     _clear_progress(run_dir)
@@ -293,14 +293,14 @@ def random_real_baseline(
     if cached is not None:
         return cached
     command = f"podd evaluate --baseline random --dataset {dataset} --ipc {ipc} --profile {profile}{set_flags(overrides)}"
-    base = {"tag": "random", "dataset": dataset, "ipc": ipc, "profile": profile, "seed": cfg["seed"],
+    base = {"tag": "random", "dataset": dataset, "ipc": ipc, "profile": profile, "seed": cfg.seed,
             "config_key": config_key(cfg),
             "command": command}
     if render_only():
         return missing_result(folder, base)
     with folder_lock(folder, "run folder"):
         real = load_real(cfg, data_root)
-        x, y = random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=ipc, seed=cfg["seed"])
+        x, y = random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=ipc, seed=cfg.seed)
         dev = device_name(device)
         ev = evaluate_distilled(x, y, real, with_hard_labels=False, **_eval_kwargs(cfg, dev),
                                 resume_dir=folder / "eval-progress",
@@ -321,13 +321,13 @@ def full_data_baseline(
     from ..evaluate import full_dataset_baseline, protocol_from_config
 
     cfg = resolve_config(dataset, 1.0, profile, overrides or {})
-    ep = epochs if epochs is not None else cfg["full_epochs"]
+    ep = epochs if epochs is not None else cfg.full_epochs
     folder = full_dir(cfg, ep, out_dir, dataset)
     path = folder / "result.json"
     cached = None if force else cached_result(path)
     if cached is not None:
         return cached
-    base = {"tag": "full", "dataset": dataset, "profile": profile, "epochs": ep, "seed": cfg["seed"],
+    base = {"tag": "full", "dataset": dataset, "profile": profile, "epochs": ep, "seed": cfg.seed,
             "config_key": config_key(cfg),
             "command": f"podd evaluate --baseline full --dataset {dataset} --profile {profile} --epochs {ep:g}"
             f"{set_flags(overrides)}"}
@@ -339,7 +339,7 @@ def full_data_baseline(
         net = protocol_from_config(cfg)  # the same network as the distilled sets' evaluation
         r = full_dataset_baseline(
             real.x_train, real.y_train, real.x_test, real.y_test, num_classes=len(real.classes), arch=net.arch,
-            epochs=ep, augmentation=cfg["real_aug"], seed=cfg["seed"], device=dev,
+            epochs=ep, augmentation=cfg.real_aug, seed=cfg.seed, device=dev,
             progress=progress_enabled(), arch_kwargs=net.arch_kwargs,
             state_path=folder / "eval-progress" / "full.pt",
             on_step=None if report is None else (lambda k, n: report("train full", k, n)),
@@ -371,7 +371,7 @@ def save_table(rows: list[dict], path: str | os.PathLike) -> Path:
 ARCHS = ("convnet", "resnet18", "vgg11", "alexnet")
 
 
-def source_dir(kind: str, cfg: dict, ipc: float, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
+def source_dir(kind: str, cfg: Config, ipc: float, out_dir: str | os.PathLike, dataset: str | None = None) -> Path:
     """The folder of the cached set an architecture is evaluated on: a distillation or a random-real baseline."""
     if kind == "distill":
         return distill_dir(cfg, out_dir, dataset)
@@ -413,12 +413,12 @@ def cross_arch_run(
     cfg = resolve_config(dataset, ipc, profile, overrides or {})
     folder = arch_dir(source_dir(kind, cfg, ipc, out_dir, dataset), arch, int(num_models), steps)
     base = {"tag": tag, "kind": kind, "arch": arch, "dataset": dataset, "ipc": ipc, "profile": profile,
-            "seed": cfg["seed"], "num_models": int(num_models), "steps": steps, "config_key": config_key(cfg),
+            "seed": cfg.seed, "num_models": int(num_models), "steps": steps, "config_key": config_key(cfg),
             "run_dir": str(folder),
             "command": arch_command(kind, dataset, ipc, profile, overrides, folder, arch, int(num_models), steps)}
     if (folder / "result.json").exists() and not force:  # the seed, which the folder's key holds, for older results
-        return {"seed": cfg["seed"], **json.loads((folder / "result.json").read_text())}
-    own = arch == cfg["arch"] and int(num_models) == cfg["eval_models"] and steps == list(cfg["eval_steps"])
+        return {"seed": cfg.seed, **json.loads((folder / "result.json").read_text())}
+    own = arch == cfg.arch and int(num_models) == cfg.eval_models and steps == list(cfg.eval_steps)
     common = dict(data_root=data_root, device=device, report=report)
     source = (distill_and_evaluate(dataset, ipc, profile, out_dir, overrides, tag=tag, hard_labels=True, **common)
               if kind == "distill" else random_real_baseline(dataset, ipc, profile, out_dir, overrides, **common))
@@ -433,7 +433,7 @@ def cross_arch_run(
                                   base, folder)
 
 
-def _cross_arch_locked(kind: str, cfg: dict, ipc: float, arch: str, num_models: int, steps: list[int],
+def _cross_arch_locked(kind: str, cfg: Config, ipc: float, arch: str, num_models: int, steps: list[int],
                        data_root: str | None, device: str, report: Report | None, source: dict, base: dict,
                        folder: Path) -> dict:
     """cross_arch_run's evaluation while this process holds its folder's lock."""
@@ -446,7 +446,7 @@ def _cross_arch_locked(kind: str, cfg: dict, ipc: float, arch: str, num_models: 
         run = load_run(source["run_dir"])
         x, y = run["x"], run["y"]
     else:
-        x, y = random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=ipc, seed=cfg["seed"])
+        x, y = random_real_subset(real.x_train, real.y_train, pixel_budget_ipc=ipc, seed=cfg.seed)
     dev = device_name(device)
     kw = _eval_kwargs(cfg, dev)
     kw["protocol"] = replace(kw["protocol"], arch=arch, num_models=int(num_models), steps=tuple(steps))

@@ -27,7 +27,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ..config import TRAIN_SIZES, profile_out_dir, profile_seeds, resolve_config
+from ..config import TRAIN_SIZES, Config, profile_out_dir, profile_seeds, resolve_config
 from ..errors import PoddError
 from . import experiments, studies
 from .session import Session
@@ -58,7 +58,8 @@ def select_notebooks(names: Sequence[str], only: str | None) -> list[str]:
 
 def code_cells(path: str | os.PathLike) -> list[str]:
     """The source of each code cell of a notebook."""
-    return ["".join(c["source"]) for c in json.loads(Path(path).read_text())["cells"] if c["cell_type"] == "code"]
+    cells = json.loads(Path(path).read_text())["cells"]
+    return ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
 
 
 def notebook_params(path: str | os.PathLike) -> dict[str, Any]:
@@ -91,33 +92,33 @@ def plan_notebook_runs(s: Session, runs: Callable[..., Any], params: dict[str, A
 # ----------------------------------------------------------------------------- recording session
 
 
-def train_size(cfg: dict, kind: str) -> int:
+def train_size(cfg: Config, kind: str) -> int:
     """How many images the run's evaluation networks train on: the patches, the random images, or a full batch."""
     if kind == "full":
         return FULL_BATCH
     if kind == "random":
-        return max(1, round(cfg["ipc"])) * cfg["n_classes"]
+        return max(1, round(cfg.ipc)) * cfg.n_classes
     from ..run import geometry_from_config
 
     g = geometry_from_config(cfg)
-    return g.n_patches * (cfg["n_classes"] if cfg.get("per_class_posters") else 1)
+    return g.n_patches * (cfg.n_classes if cfg.per_class_posters else 1)
 
 
-def inner_batch(cfg: dict, n: int) -> int:
+def inner_batch(bs_d: int, n: int) -> int:
     """The patches in one inner step of the distillation: bs_d, or all of them when fewer."""
-    return min(cfg["bs_d"], n)
+    return min(bs_d, n)
 
 
-def _spec(kind: str, folder: Path, base: dict, cfg: dict, notebook: str, root: str) -> dict:
+def _spec(kind: str, folder: Path, base: dict, cfg: Config, notebook: str, root: str) -> dict:
     """One planned run as plain data (folder as the notebooks see it, from root)."""
-    n = train_size(cfg, kind) if cfg.get("n_classes") else 0
+    n = train_size(cfg, kind) if cfg.n_classes else 0
     return {"kind": kind, "folder": str(folder), "result": str(folder / "result.json"), **base,
-            "train_size": n, "inner_batch": inner_batch(cfg, n) if kind == "distill" else 0,
+            "train_size": n, "inner_batch": inner_batch(cfg.bs_d, n) if kind == "distill" else 0,
             "config_key": experiments.config_key(cfg),
             "cached": experiments.cached_result(Path(root) / folder / "result.json") is not None,
-            "steps": cfg["steps"] if kind == "distill" else 0, "algorithm": cfg["algorithm"],
-            "eval_models": cfg["eval_models"], "eval_steps": cfg["eval_steps"][-1],
-            "scorings": -(-cfg["steps"] // cfg["keep_every"]) if kind == "distill" and cfg.get("keep") == "best_train" else 0,
+            "steps": cfg.steps if kind == "distill" else 0, "algorithm": cfg.algorithm,
+            "eval_models": cfg.eval_models, "eval_steps": cfg.eval_steps[-1],
+            "scorings": -(-cfg.steps // cfg.keep_every) if kind == "distill" and cfg.keep == "best_train" else 0,
             "notebooks": [notebook]}
 
 
@@ -171,8 +172,8 @@ class PlanSession(Session):
         for seed in self.seeds[:1]:
             over = {"seed": seed}
             cfg = resolve_config(ds, 1.0, self.profile, over)
-            ep = cfg["full_epochs"]
-            n_train = cfg["train_per_class"] * cfg["n_classes"] if cfg["train_per_class"] else TRAIN_SIZES.get(ds, 0)
+            ep = cfg.full_epochs
+            n_train = cfg.train_per_class * cfg.n_classes if cfg.train_per_class else TRAIN_SIZES.get(ds, 0)
             base = {"dataset": ds, "ipc": 1.0, "profile": self.profile, "overrides": over, "tag": "full",
                     "command": f"podd evaluate --baseline full --dataset {ds} --profile {self.profile} --epochs {ep:g}"
                     f"{experiments.set_flags(over)}"}
@@ -204,7 +205,7 @@ class PlanSession(Session):
         for seed, source in zip(seeds, sources):
             over = {**(overrides or {}), "seed": seed}
             cfg = resolve_config(ds, ipc, self.profile, over)
-            if arch == cfg["arch"] and num_models == cfg["eval_models"] and steps == list(cfg["eval_steps"]):
+            if arch == cfg.arch and num_models == cfg.eval_models and steps == list(cfg.eval_steps):
                 out.append(source)
                 continue
             folder = experiments.arch_dir(experiments.source_dir(kind, cfg, ipc, self.out_dir, ds), arch,
@@ -241,10 +242,10 @@ def measured_rates(out_dir: str | os.PathLike, profile: str) -> dict:
             continue
         if r.get("profile") != profile:
             continue
-        cfg, n = r.get("config") or {}, _result_size(r)
+        recorded, n = r.get("config") or {}, _result_size(r)
         if r.get("seconds_per_step_median"):
-            m = inner_batch(cfg, n) if cfg.get("bs_d") and n else 0
-            step.setdefault(cfg.get("algorithm", "ratbptt"), []).append((m, float(r["seconds_per_step_median"])))
+            m = inner_batch(recorded["bs_d"], n) if recorded.get("bs_d") and n else 0
+            step.setdefault(recorded.get("algorithm", "ratbptt"), []).append((m, float(r["seconds_per_step_median"])))
         soft = (r.get("eval") or {}).get("soft") or {}
         if soft.get("seconds") and soft.get("num_models") and soft.get("by_step"):
             model_step.append((n, soft["seconds"] / (soft["num_models"] * soft["by_step"][-1]["step"])))
@@ -268,8 +269,8 @@ def measured_rates(out_dir: str | os.PathLike, profile: str) -> dict:
 def _result_size(r: dict) -> int:
     """The training-set size of a cached result (0 when it does not say)."""
     if r.get("geometry"):
-        cfg = r.get("config") or {}  # a per-class poster's geometry is one class's: count every class's patches
-        return r["geometry"]["n_patches"] * (cfg.get("n_classes", 1) if cfg.get("per_class_posters") else 1)
+        recorded = r.get("config") or {}  # a per-class poster's geometry is one class's: count every class's patches
+        return r["geometry"]["n_patches"] * (recorded.get("n_classes", 1) if recorded.get("per_class_posters") else 1)
     if r.get("n_images"):
         return int(r["n_images"])
     return FULL_BATCH if r.get("epochs") else 0

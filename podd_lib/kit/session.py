@@ -73,8 +73,8 @@ def profile_deviations(dataset: str, profile: str, ipc: float = 1.0, overrides: 
     def shown(key: str, value: Any) -> str:
         return "0 (all)" if key.endswith("_per_class") and value == 0 else repr(value)
 
-    return [f"{k} = {shown(k, v)} ({'default' if k in defaults else 'paper'}: {shown(k, base.get(k))})"
-            for k, v in cfg["profile_overrides"].items() if k not in unused and v != base.get(k)]
+    return [f"{k} = {shown(k, v)} ({'default' if k in defaults else 'paper'}: {shown(k, getattr(base, k))})"
+            for k, v in cfg.profile_overrides.items() if k not in unused and v != getattr(base, k)]
 
 
 def notebook_root(cwd: Path | None = None) -> Path:
@@ -196,7 +196,7 @@ class Session:
 
         cfg = resolve_config(self.dataset, ipc, self.profile, overrides)
         print(json.dumps(self.geometry(ipc, overrides).to_dict(), indent=1))
-        print("labels:", cfg["label_kind"], "| class order:", cfg["order"], "| init:", cfg["init"])
+        print("labels:", cfg.label_kind, "| class order:", cfg.order, "| init:", cfg.init)
 
     def show_run(self, result: dict) -> None:
         """Print where a run lives, its steps and seconds per step, and the command that reproduces it."""

@@ -97,7 +97,7 @@ def table1_ipcs(s: Session, ipcs: Sequence[float] | None = None) -> dict[str, li
     """Table 1's IPC grid per dataset: `ipcs`, else the profile's run list, else the config's poster sizes."""
     grids = {}
     for ds in s.datasets:
-        grid = sorted((float(k) for k in resolve_config(ds, 1.0, s.profile)["posters"]), reverse=True)
+        grid = sorted((float(k) for k in resolve_config(ds, 1.0, s.profile).posters), reverse=True)
         chosen = ipcs if ipcs is not None else run_list(s.profile).get("table1_ipcs")
         grids[ds] = [float(v) for v in chosen] if chosen is not None else grid
     return grids
@@ -112,12 +112,12 @@ def print_table1_plan(s: Session, ipc_grid: dict[str, list[float]]) -> None:
             cfg = resolve_config(ds, ipc, s.profile)
             g = geometry_from_config(cfg)
             print(f"{ds} PoDD IPC {ipc:.1f}: poster {g.d_w}x{g.d_h}, exact IPC {g.ipc:.4f}, "
-                  f"patches {g.p_x}x{g.p_y} = {g.n_patches}, labels {cfg['label_kind']}")
+                  f"patches {g.p_x}x{g.p_y} = {g.n_patches}, labels {cfg.label_kind}")
         over = tiling_overrides(ds, s.profile)
         cfg = resolve_config(ds, 1.0, s.profile, over)
         g = geometry_from_config(cfg)
         print(f"{ds} RaT-BPTT tiling: poster {g.d_w}x{g.d_h}, exact IPC {g.ipc:.4f}, patches {g.p_x}x{g.p_y}, "
-              f"tiling {g.is_tiling}, labels {cfg['label_kind']}, overrides {over}")
+              f"tiling {g.is_tiling}, labels {cfg.label_kind}, overrides {over}")
 
 
 def table1_runs(s: Session, ipcs: Sequence[float] | None = None, run_full: bool = True) -> list[dict]:
@@ -163,7 +163,7 @@ def print_figure6_plan(s: Session, grids: Sequence[Sequence[int]]) -> None:
         geom = geometry_from_config(cfg)
         d = geom.to_dict()
         print(f"patches {geom.p_x}x{geom.p_y} = {geom.n_patches:3d}: stride {d['stride_x']:.2f} x "
-              f"{d['stride_y']:.2f} px, tiling {geom.is_tiling}, steps {cfg['steps']}")
+              f"{d['stride_y']:.2f} px, tiling {geom.is_tiling}, steps {cfg.steps}")
 
 
 def figure6_runs(s: Session, patch_grids: Sequence[Sequence[int]] | None = None) -> list[dict]:
@@ -206,7 +206,7 @@ def print_orders(s: Session, orders: Sequence[str], ipc: float) -> None:
     from .. import poco
 
     classes = poco.load_fixtures()[s.dataset]["classes"]
-    o_x, o_y = resolve_config(s.dataset, ipc, s.profile)["class_grid"]
+    o_x, o_y = resolve_config(s.dataset, ipc, s.profile).class_grid
     for spec in orders:
         grid = poco.resolve_order(spec, classes, o_y, o_x, dataset=s.dataset)
         print(f"{spec:9s} " + " / ".join(" ".join(classes[k] for k in row) for row in grid))
@@ -289,7 +289,7 @@ def algorithm_notes(s: Session, init: str | None, algorithms: Sequence[str]) -> 
     """The report's notes on notebook 07: what the rows share, the reported numbers, the deviations."""
     dream = "; ".join(f"{k} {v[0]} \u00b1 {v[1]}" for k, v in paper.DREAM_REPORTED_CIFAR10.items())
     base = resolve_config(s.dataset, 1.0, s.profile)
-    syn_aug, init = base["syn_aug"], init or base["init"]
+    syn_aug, init = base.syn_aug, init or base.init
     notes = ["All rows computed here share PoDD's outer loop (Adam, clipping), init "
              f"{init!r} and evaluation protocol; equal pixels (64x160 poster) and equal outer steps per pair.",
              "Reported rows are each method's own 1-IPC CIFAR-10 number (not rerun). DREAM's Table 1 (1 IPC, "
@@ -322,8 +322,8 @@ def cross_arch_settings(profile: str, archs: Sequence[str] | None = None, models
     unknown = [a for a in archs if a not in ARCHS]
     if unknown or not archs:
         raise PoddError(f"archs must be some of {', '.join(ARCHS)}, got {archs!r}")
-    return (archs, int(models if models is not None else rl.get("cross_arch_models", cfg["eval_models"])),
-            [int(x) for x in (steps if steps is not None else rl.get("cross_arch_steps", cfg["eval_steps"]))])
+    return (archs, int(models if models is not None else rl.get("cross_arch_models", cfg.eval_models)),
+            [int(x) for x in (steps if steps is not None else rl.get("cross_arch_steps", cfg.eval_steps))])
 
 
 def cross_arch_sets(s: Session, floor_ipc: float) -> list[tuple[str, str, float, dict, str, list[int]]]:
@@ -347,14 +347,14 @@ def print_cross_arch_plan(s: Session, sets: Sequence[tuple], archs: Sequence[str
     for name, kind, ipc, over, *_ in sets:
         cfg = resolve_config(s.dataset, ipc, s.profile, over)
         if kind == "random":
-            print(f"{name:22s} {int(ipc * cfg['n_classes'] + 1e-9)} real training images, one-hot labels")
+            print(f"{name:22s} {int(ipc * cfg.n_classes + 1e-9)} real training images, one-hot labels")
         else:
             g = geometry_from_config(cfg)
-            print(f"{name:22s} poster {g.d_h}x{g.d_w}, {g.p_x}x{g.p_y} = {g.n_patches} patches, labels {cfg['label_kind']}")
+            print(f"{name:22s} poster {g.d_h}x{g.d_w}, {g.p_x}x{g.p_y} = {g.n_patches} patches, labels {cfg.label_kind}")
     cfg = resolve_config(s.dataset, 1.0, s.profile)
     print(f"architectures: {', '.join(archs)}; the same recipe for each: {models} fresh network{'s' if models != 1 else ''}, Adam (lr 0.001, "
-          f"no schedule), batches of min({cfg['bs_d']}, set size), augmentation {cfg['syn_aug']!r}, soft-label "
-          f"cross-entropy, {'/'.join(str(x) for x in steps)} steps, norm {cfg['norm']!r} in every network, "
+          f"no schedule), batches of min({cfg.bs_d}, set size), augmentation {cfg.syn_aug!r}, soft-label "
+          f"cross-entropy, {'/'.join(str(x) for x in steps)} steps, norm {cfg.norm!r} in every network, "
           f"tested on the whole test set")
 
 

@@ -294,9 +294,9 @@ def _order_grid(result: Mapping, classes: list[str]) -> list[list[int]]:
         return [list(row) for row in result["order_grid"]]
     from ..poco import resolve_order
 
-    cfg = result["config"]
-    o_x, o_y = cfg["class_grid"]
-    return resolve_order(cfg["order"], classes, o_y, o_x, dataset=cfg["dataset"])
+    recorded = result["config"]
+    o_x, o_y = recorded["class_grid"]
+    return resolve_order(recorded["order"], classes, o_y, o_x, dataset=recorded["dataset"])
 
 
 def order_frame(results: Sequence[Mapping], dist: Any, classes: Sequence[str] | None = None,

@@ -131,7 +131,7 @@ def test_the_loader_takes_the_config_s_image_size_and_zca_regulariser(tmp_path):
     cfg = resolve_config(f"imagefolder:{folder}", 1.0, "smoke", {"image_size": [16, 16], "order": "identity"})
     weak = load_for_config(cfg, str(tmp_path), download=False)
     assert weak.image_size == (16, 16) and weak.x_train.shape[2:] == (16, 16)
-    strong = load_for_config({**cfg, "zca_reg": 0.5}, str(tmp_path), download=False)
+    strong = load_for_config(cfg.replace(zca_reg=0.5), str(tmp_path), download=False)
     assert strong.preprocess.reg > weak.preprocess.reg  # the regulariser is reg x the mean eigenvalue
     assert not torch.allclose(strong.x_train, weak.x_train)
 

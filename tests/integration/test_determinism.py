@@ -125,12 +125,12 @@ def test_smoke_profile_runs_the_compiled_kernels_and_the_fused_block(monkeypatch
             return _f(*args, **kw)
         monkeypatch.setattr(kernels, name, counted)
     cfg = resolve_config("cifar10", 0.5, "smoke", {"seed": 3})
-    assert cfg["fused_blocks"] and cfg["cpu_kernels"] and cfg["channels_last"] and cfg["width"] == 8
+    assert cfg.fused_blocks and cfg.cpu_kernels and cfg.channels_last and cfg.width == 8
     pb = build_problem(cfg, [[9, 0, 2, 4, 3], [1, 8, 6, 7, 5]], 3)
     st = initial_state(cfg, pb, 3)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(100, 3, 32, 32, generator=g), torch.arange(10).repeat(10)
-    with deterministic_mode(cfg["deterministic"]):
+    with deterministic_mode(cfg.deterministic):
         outer_step(st, pb.model, pb.labels, pb.geom, x, y, pb.settings)
     assert kernels.load() is not None and all(n > 0 for n in calls.values()), calls
 
@@ -183,7 +183,7 @@ def test_importing_podd_lib_sets_no_determinism_flag():
 
 def test_deterministic_is_on_by_default_a_boolean_and_not_hashed():
     cfg = resolve_config("cifar10", 0.5, "smoke")
-    assert cfg["deterministic"] is True
-    assert config_key(cfg) == config_key({**cfg, "deterministic": False})
+    assert cfg.deterministic is True
+    assert config_key(cfg) == config_key(cfg.replace(deterministic=False))
     with pytest.raises(PoddError, match="deterministic must be true or false"):
         resolve_config("cifar10", 0.5, "smoke", {"deterministic": "yes"})

@@ -63,12 +63,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 def test_config_resolution_follows_the_paper():
     c = resolve_config("cifar10", 0.9, "paper")
-    assert c["label_kind"] == "fixed" and c["poster_size"] == [60, 153] and c["steps"] == 40000
-    assert resolve_config("cifar10", 0.5, "paper")["label_kind"] == "learned"
-    assert resolve_config("cifar100", 1.0, "paper")["label_kind"] == "learned"
+    assert c.label_kind == "fixed" and c.poster_size == [60, 153] and c.steps == 40000
+    assert resolve_config("cifar10", 0.5, "paper").label_kind == "learned"
+    assert resolve_config("cifar100", 1.0, "paper").label_kind == "learned"
     q = resolve_config("cifar10", 1.0, "quick", {"width": 64})
-    assert q["width"] == 64 and q["profile_overrides"]["window"] < 60
-    assert resolve_config("tinyimagenet", 0.9, "paper")["inner_lr"] == 0.0005
+    assert q.width == 64 and q.profile_overrides["window"] < 60
+    assert resolve_config("tinyimagenet", 0.9, "paper").inner_lr == 0.0005
     with pytest.raises(PoddError, match="unknown config key"):
         resolve_config("cifar10", 1.0, "paper", {"widht": 3})
     with pytest.raises(PoddError, match="unknown dataset"):
@@ -85,6 +85,6 @@ def test_config_posters_fit_their_budget():
     for ds in ("cifar10", "cifar100", "cub200", "tinyimagenet"):
         for ipc in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
             c = resolve_config(ds, ipc, "paper")
-            g = make_geometry(ipc, c["n_classes"], tuple(c["image_size"]), tuple(c["class_grid"]),
-                              tuple(c["patch_grid"]), tuple(c["poster_size"]))
-            assert g.pixels <= ipc * c["n_classes"] * g.h * g.w + 1e-6
+            g = make_geometry(ipc, c.n_classes, tuple(c.image_size), tuple(c.class_grid),
+                              tuple(c.patch_grid), tuple(c.poster_size))
+            assert g.pixels <= ipc * c.n_classes * g.h * g.w + 1e-6

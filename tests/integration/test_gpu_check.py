@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.gpu_summary import summary
-from podd_lib.config import resolve_config
+from podd_lib.config import Config, resolve_config
 from podd_lib.errors import PoddError
 from podd_lib.fast import resolve_backend
 from podd_lib.kit.experiments import config_key
@@ -80,7 +80,7 @@ def test_gpu_check_refuses_bad_input_in_one_line(tmp_path):
 
 def test_autocast_is_hashed_only_when_on_and_compile_never():
     base = resolve_config("cifar10", 1.0, "quick")
-    assert base["autocast"] == "none" and base["compile_steps"] == "none"
+    assert base.autocast == "none" and base.compile_steps == "none"
     assert config_key(resolve_config("cifar10", 1.0, "quick", {"autocast": "none"})) == config_key(base)
     assert config_key(resolve_config("cifar10", 1.0, "quick", {"autocast": "bfloat16"})) != config_key(base)
     for mode in ("default", "reduce-overhead"):
@@ -94,7 +94,7 @@ def test_autocast_is_hashed_only_when_on_and_compile_never():
     assert resolve_backend("auto", "cpu", autocast="bfloat16") == "reference"
 
 
-def _one_step(over: dict) -> tuple[dict, torch.Tensor, dict]:
+def _one_step(over: dict) -> tuple[Config, torch.Tensor, dict]:
     """One smoke-sized RaT-BPTT outer step on the CPU: (resolved config, poster gradient, info)."""
     from podd_lib.algorithms.base import RealSampler, SyntheticSet, outer_grads
     from podd_lib.run import apply_backend, build_problem, initial_state
@@ -112,7 +112,7 @@ def _one_step(over: dict) -> tuple[dict, torch.Tensor, dict]:
 def test_bfloat16_autocast_runs_on_the_cpu_and_changes_the_numbers_a_little():
     cfg32, g32, _ = _one_step({"backend": "reference"})
     cfg16, g16, _ = _one_step({"autocast": "bfloat16"})
-    assert cfg16["backend"] == "reference" and torch.isfinite(g16).all()
+    assert cfg16.backend == "reference" and torch.isfinite(g16).all()
     cos = float(torch.nn.functional.cosine_similarity(g32.flatten(), g16.flatten(), dim=0))
     assert 0.9 < cos < 0.999999
 
@@ -120,7 +120,7 @@ def test_bfloat16_autocast_runs_on_the_cpu_and_changes_the_numbers_a_little():
 def test_compile_steps_is_off_on_the_cpu_and_recorded_so():
     cfg, g_on, _ = _one_step({"compile_steps": "reduce-overhead"})
     _, g_off, _ = _one_step({})
-    assert cfg["compile_steps"] == "none"  # config.json says what ran
+    assert cfg.compile_steps == "none"  # config.json says what ran
     assert torch.equal(g_on, g_off)
 
 

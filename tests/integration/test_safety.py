@@ -126,7 +126,7 @@ def test_config_file_and_set_go_through_one_schema(tmp_path):
 
     (tmp_path / "c.toml").write_text("width = 16\nlr = 0.5\n")
     cfg = resolve_config("cifar10", 1, "smoke", read_config_file(str(tmp_path / "c.toml")))
-    assert (cfg["width"], cfg["lr"]) == (16, 0.5)
+    assert (cfg.width, cfg.lr) == (16, 0.5)
     for over, msg in (({"width": 3.5}, "width must be an integer >= 1"), ({"zca": "maybe"}, "zca must be true"),
                       ({"eval_steps": []}, "eval_steps must be"), ({"steps": 0}, "steps must be an integer >= 1"),
                       ({"image_size": [32]}, "image_size must be a list of two")):

@@ -53,8 +53,8 @@ def test_scoring_on_the_training_set_does_not_change_the_distillation(tmp_path):
 def test_keep_is_the_release_s_under_paper_and_hashes_only_when_on():
     from podd_lib.kit.experiments import config_key
 
-    assert resolve_config("cifar10", 1.0, "paper")["keep"] == "best_train"
-    assert resolve_config("cifar10", 1.0, "paper-text")["keep"] == resolve_config("cifar10", 1.0, "quick")["keep"] == "last"
+    assert resolve_config("cifar10", 1.0, "paper").keep == "best_train"
+    assert resolve_config("cifar10", 1.0, "paper-text").keep == resolve_config("cifar10", 1.0, "quick").keep == "last"
     quick = config_key(resolve_config("cifar10", 1.0, "quick"))
     assert config_key(resolve_config("cifar10", 1.0, "quick", {"keep_every": 7})) == quick  # unused while keep = last
     assert config_key(resolve_config("cifar10", 1.0, "quick", {"keep": "best_train"})) != quick

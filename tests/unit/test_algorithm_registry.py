@@ -28,8 +28,8 @@ def toy(monkeypatch):
 def test_a_registered_algorithm_is_a_choice_and_its_setting_a_schema_field(toy):
     assert schema_fields()["toy_rate"] is Positive
     cfg = resolve_config("cifar10", 1.0, "smoke", {"algorithm": "toy"})
-    assert cfg["algorithm"] == "toy" and cfg["toy_rate"] == 0.5  # its default is in every resolved config
-    assert resolve_config("cifar10", 1.0, "smoke", {"algorithm": "toy", "toy_rate": 2})["toy_rate"] == 2
+    assert cfg.algorithm == "toy" and cfg.toy_rate == 0.5  # its default is in every resolved config
+    assert resolve_config("cifar10", 1.0, "smoke", {"algorithm": "toy", "toy_rate": 2}).toy_rate == 2
     with pytest.raises(PoddError, match="toy_rate must be a positive number, got -1"):
         resolve_config("cifar10", 1.0, "smoke", {"algorithm": "toy", "toy_rate": -1})
 
@@ -47,10 +47,10 @@ def test_a_registered_setting_changes_only_its_own_algorithms_run_keys(monkeypat
     for algo, key in before.items():  # every earlier run keeps its key, whatever the toy's setting says
         cfg = resolve_config("cifar10", 1.0, "smoke", {"algorithm": algo})
         assert "toy_rate" in irrelevant_keys(cfg) and "toy_rate" in algorithm_defaults()
-        assert config_key(cfg) == key == config_key({**cfg, "toy_rate": 9.0})
+        assert config_key(cfg) == key == config_key(cfg.replace(toy_rate=9.0))
     toy = resolve_config("cifar10", 1.0, "smoke", {"algorithm": "toy"})
     assert "toy_rate" not in irrelevant_keys(toy)
-    assert config_key({**toy, "toy_rate": 9.0}) != config_key(toy)  # read by the toy: hashed when not its default
+    assert config_key(toy.replace(toy_rate=9.0)) != config_key(toy)  # read by the toy: hashed when not its default
     assert "syn_steps" in irrelevant_keys(toy) and "curriculum_draw" in irrelevant_keys(toy)
 
 

@@ -303,7 +303,7 @@ def test_bad_algorithm_settings_fail_in_one_line():
         resolve_config("cifar10", 1.0, "smoke", {"algorithm": "mmt"})
     with pytest.raises(PoddError, match="DREAM sampling does not apply"):
         resolve_config("cifar10", 1.0, "smoke", {"algorithm": "mtt", "sampling": "dream"})
-    assert resolve_config("cifar10", 1.0, "smoke", {"init": "noise"})["init"] == "normal"
+    assert resolve_config("cifar10", 1.0, "smoke", {"init": "noise"}).init == "normal"
 
 
 # ----------------------------------------------------------------------------- figure 9: per-class posters
@@ -326,7 +326,7 @@ def test_stacked_posters_cut_each_poster_separately():
 def test_per_class_posters_distil_end_to_end(tmp_path):
     real = fake_real()
     cfg = tiny_cfg(per_class_posters=True, labels="fixed", patch_grid=[3, 3], steps=2)
-    cfg = resolve_config("cifar10", 4, "smoke", {**cfg["user_overrides"]})
+    cfg = resolve_config("cifar10", 4, "smoke", {**cfg.user_overrides})
     from podd_lib.run import geometry_from_config
 
     geom = geometry_from_config(cfg)
@@ -346,7 +346,7 @@ def test_imagefolder_export_is_atomic_and_handles_per_class_posters(tmp_path, mo
 
     real = fake_real()
     cfg = resolve_config("cifar10", 4, "smoke", {**tiny_cfg(per_class_posters=True, labels="fixed",
-                                                            patch_grid=[2, 2], steps=1)["user_overrides"]})
+                                                            patch_grid=[2, 2], steps=1).user_overrides})
     distill(cfg, real, [[k] for k in range(10)], tmp_path / "pc", progress=False)
     run = load_run(tmp_path / "pc")
     dest = tmp_path / "exp"

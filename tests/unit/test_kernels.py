@@ -160,8 +160,8 @@ def test_cpu_kernels_config_is_validated_and_not_hashed():
 
     on = resolve_config("cifar10", 1.0, "paper", {})
     off = resolve_config("cifar10", 1.0, "paper", {"cpu_kernels": False})
-    assert on["cpu_kernels"] is True and config_key(on) == config_key(off)
-    off["n_classes"], off["image_size"] = 10, [32, 32]
+    assert on.cpu_kernels is True and config_key(on) == config_key(off)
+    off = off.replace(n_classes=10, image_size=[32, 32])
     assert model_for(off, 3).cpu_kernels is False
     with pytest.raises(PoddError, match="cpu_kernels must be true or false"):
         resolve_config("cifar10", 1.0, "paper", {"cpu_kernels": "yes"})

@@ -1,5 +1,6 @@
 """The library's layout: importing changes nothing, the algorithm registry, the speed backend switch, run keys."""
 
+import dataclasses
 import json
 import pkgutil
 import subprocess
@@ -74,7 +75,7 @@ def test_an_unknown_algorithm_fails_in_one_line():
     from podd_lib.run import make_algorithm
 
     with pytest.raises(PoddError, match="unknown algorithm 'nope'; choose one of ratbptt"):
-        make_algorithm({**tiny_cfg(), "algorithm": "nope"}, None, None)
+        make_algorithm(dataclasses.replace(tiny_cfg(), algorithm="nope"), None, None)  # past the config's check
 
 
 # ----------------------------------------------------------------------------- the speed backend switch
@@ -91,7 +92,7 @@ def test_auto_backend_is_fast_on_the_cpu_and_reference_elsewhere():
 
 def test_backend_is_validated_and_not_hashed():
     base = resolve_config("cifar10", 1.0, "quick")
-    assert base["backend"] == "auto"
+    assert base.backend == "auto"
     for backend in ("fast", "reference"):
         assert config_key(resolve_config("cifar10", 1.0, "quick", {"backend": backend})) == config_key(base)
     with pytest.raises(PoddError, match="backend must be one of auto, fast, reference"):
@@ -109,9 +110,9 @@ def test_reference_backend_runs_stock_layers_in_nchw_with_the_same_outputs(monke
         monkeypatch.setattr(block, name, lambda *a, _f=real_fn, _n=name: calls.append(_n) or _f(*a))
     fast_cfg = apply_backend(resolve_config("cifar10", 1.0, "smoke"), "cpu")
     ref_cfg = apply_backend(resolve_config("cifar10", 1.0, "smoke", {"backend": "reference"}), "cpu")
-    assert fast_cfg["backend"] == "fast" and fast_cfg["channels_last"] and fast_cfg["fused_blocks"]
-    assert ref_cfg["backend"] == "reference"
-    assert not (ref_cfg["channels_last"] or ref_cfg["fused_blocks"] or ref_cfg["cpu_kernels"])
+    assert fast_cfg.backend == "fast" and fast_cfg.channels_last and fast_cfg.fused_blocks
+    assert ref_cfg.backend == "reference"
+    assert not (ref_cfg.channels_last or ref_cfg.fused_blocks or ref_cfg.cpu_kernels)
     fast, ref = model_for(fast_cfg, 3), model_for(ref_cfg, 3)
     ref.load_state_dict(fast.state_dict())
     assert not ref.fused_blocks and not ref.cpu_kernels

@@ -131,17 +131,18 @@ def test_paper_profile_resolves_to_the_release_and_paper_text_to_the_text():
     for dataset in ("cifar10", "cifar100", "cub200", "tinyimagenet"):
         paper = resolve_config(dataset, 1.0, "paper")
         text = resolve_config(dataset, 1.0, "paper-text")
-        assert {k: paper[k] for k in RELEASE} == RELEASE
-        assert {k: text[k] for k in TEXT} == TEXT
-        assert paper["lr"] == text["lr"] == (0.0005 if dataset == "tinyimagenet" else 0.001)
-        different = sorted(k for k in paper if paper[k] != text[k] and k not in ("profile", "profile_overrides"))
+        assert {k: getattr(paper, k) for k in RELEASE} == RELEASE
+        assert {k: getattr(text, k) for k in TEXT} == TEXT
+        assert paper.lr == text.lr == (0.0005 if dataset == "tinyimagenet" else 0.001)
+        p, t = paper.to_dict(), text.to_dict()
+        different = sorted(k for k in p if p[k] != t[k] and k not in ("profile", "profile_overrides"))
         assert different == sorted(RELEASE), dataset  # nothing else differs
 
 
 def test_defaults_and_quick_keep_the_text_and_its_keys():
     for profile in ("quick", "smoke"):
         cfg = resolve_config("cifar10", 1.0, profile)
-        assert {k: cfg[k] for k in TEXT} == TEXT
+        assert {k: getattr(cfg, k) for k in TEXT} == TEXT
     assert {k: v[0] for k, v in TEXT_OR_RELEASE.items()} == {k: TEXT[k] for k in TEXT_OR_RELEASE}
     assert {k: v[1] for k, v in TEXT_OR_RELEASE.items()} == {k: RELEASE[k] for k in TEXT_OR_RELEASE}
 

@@ -35,7 +35,7 @@ def test_cpu_long_is_quick_at_width_128_with_learned_labels():
     assert {k: v for k, v in long.items() if quick.get(k) != v} == {"width": 128, "labels": "learned"}
     for ipc in (1.0, 0.5):
         cfg = resolve_config("cifar10", ipc, "cpu-long")
-        assert cfg["width"] == 128 and cfg["label_kind"] == "learned" and cfg["steps"] == quick["steps"]
+        assert cfg.width == 128 and cfg.label_kind == "learned" and cfg.steps == quick["steps"]
     assert profile_out_dir("../outputs", "cpu-long").endswith("outputs/cpu-long")
     assert profile_out_dir("../outputs", "quick") == "../outputs"
 

@@ -23,20 +23,20 @@ def test_types_are_strict(value, tp, ok):
 
 def test_a_resolved_config_passes_and_comes_back_typed():
     cfg = resolve_config("cifar10", 1.0, "smoke")
-    checked = check_config(cfg)
-    assert checked.width == cfg["width"] and checked.patch_grid == cfg["patch_grid"]
+    checked = check_config(cfg.to_dict())
+    assert checked.width == cfg.width and checked.patch_grid == cfg.patch_grid
     with pytest.raises(AttributeError):
         checked.width = 3  # frozen
 
 
 def test_derived_keys_are_read_back_but_never_set_by_a_user():
     cfg = resolve_config("cifar10", 1.0, "smoke")
-    assert "label_kind" in cfg
-    check_config(cfg, {"eval_models": 2})
+    assert "label_kind" in cfg.to_dict()
+    check_config(cfg.to_dict(), {"eval_models": 2})
     with pytest.raises(PoddError, match="unknown config key.*label_kind"):
-        check_config(cfg, {"label_kind": "fixed"})
+        check_config(cfg.to_dict(), {"label_kind": "fixed"})
     with pytest.raises(PoddError, match="unknown config key.*nosuch"):
-        check_config({**cfg, "nosuch": 1})
+        check_config({**cfg.to_dict(), "nosuch": 1})
 
 
 @pytest.mark.parametrize("over,text", [
