@@ -119,27 +119,39 @@ def check_unlocked(folder: Path, flag: str = "--out") -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
-    """Hold FOLDER/.podd-kit.lock while writing the folder; a second writer fails in one line naming the first."""
-    folder = Path(folder)
-    key = str(folder.resolve() / LOCK)
-    if key in _HELD:  # this process already writes the folder
-        yield
+def _holding(lock_path: Path, shown: Path, flag: str, remove: bool) -> Iterator[bool]:
+    """Hold lock_path while writing SHOWN (re-entrant in this process; yields whether this call took it).
+
+    On release the lock file is emptied (it names only a process that holds it), or removed (remove).
+    """
+    key = str(lock_path)
+    if key in _HELD:  # this process already writes it
+        yield False
         return
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    lock_path = folder / LOCK
-    lock = _acquire(lock_path, folder, flag)
+    lock = _acquire(lock_path, shown, flag)
     try:
         _name_holder(lock_path)
         _HELD[key] = lock
-        yield
+        yield True
     finally:
         _HELD.pop(key, None)
-        with contextlib.suppress(OSError):  # the lock file names only a process that holds it
-            open(lock_path, "w").close()
+        with contextlib.suppress(OSError):
+            lock_path.unlink() if remove else open(lock_path, "w").close()
         lock.release()
-        if created and os.listdir(folder) == [LOCK]:  # nothing was written: leave no trace
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
+    """Hold FOLDER/.podd-kit.lock while writing the folder; a second writer fails in one line naming the first."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    took = False
+    try:
+        with _holding(folder.resolve() / LOCK, folder, flag, remove=False) as took:
+            yield
+    finally:
+        if took and created and os.listdir(folder) == [LOCK]:  # nothing was written: leave no trace
             (folder / LOCK).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
@@ -165,21 +177,9 @@ def output_lock(dest: Path, flag: str = "--dest") -> Iterator[None]:
     few instructions long, and each writer still swaps in a whole output (replace_folder).
     """
     lock_path = output_lock_path(dest)
-    key = str(lock_path)
-    if key in _HELD:
-        yield
-        return
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = _acquire(lock_path, Path(dest), flag)
-    try:
-        _name_holder(lock_path)
-        _HELD[key] = lock
+    with _holding(lock_path, Path(dest), flag, remove=True):
         yield
-    finally:
-        _HELD.pop(key, None)
-        with contextlib.suppress(OSError):
-            lock_path.unlink()
-        lock.release()
 
 
 def _check_writable(path: Path, flag: str) -> None:
