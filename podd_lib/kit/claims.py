@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 SHOWN, NOT_SHOWN, NOT_RUN, TOO_FEW = "shown", "not shown", "not run", "too few seeds"
+SETTLED = "not shown, settled early"  # fewer seeds than the rule needs, but no further seeds could make it shown
 MIN_SEEDS = 3
 BEATS_RULE = f"mean paired gap over seeds > 2 s.e., n >= {MIN_SEEDS}"
 
@@ -68,6 +69,34 @@ class Paired:
         if self.n < MIN_SEEDS:
             return TOO_FEW
         return SHOWN if self.mean > 2 * self.se else NOT_SHOWN
+
+    def can_show(self, n: int = MIN_SEEDS) -> bool:
+        """Whether some gaps for the seeds still to run could make this shown once n seeds are in."""
+        xs = [g for _, g in self.gaps]
+        k, m = len(xs), max(n, MIN_SEEDS) - len(xs)
+        if m <= 0:
+            return self.verdict == SHOWN
+        if k == 0:
+            return True
+        # For a given sum of the missing gaps the mean is fixed and the s.e. is smallest when they are
+        # equal, so it suffices to try m copies of one value b. Shown <=> mean(b) > 0 and
+        # q(b) = n(n-1) mean(b)^2 - 4 SSD(b) > 0, a quadratic in b with leading coefficient a.
+        n = k + m
+
+        def q(b: float) -> float:
+            vals = xs + [b] * m
+            mu = sum(vals) / n
+            return n * (n - 1) * mu * mu - 4 * sum((v - mu) ** 2 for v in vals)
+
+        a = m * ((n - 1) * m - 4 * k) / n
+        c = q(0.0)
+        lin = q(1.0) - c - a
+        if a > 0:
+            return True  # q grows without bound as b grows (and the mean with it)
+        if a == 0:
+            return lin > 0
+        b_zero_mean, b_top = -sum(xs) / m, -lin / (2 * a)  # past b_zero_mean q only falls unless its top is there
+        return b_top > b_zero_mean and q(b_top) > 0
 
     def text(self) -> str:
         """'+2.0 ± 0.3 s.e. (n = 3: +1.5, +2.0, +2.5)', or an em dash."""
@@ -303,15 +332,25 @@ def read_probe_rows(path: str | Path = PROBES_FILE) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def probe_verdict(p: Paired) -> str:
+    """A probe's verdict by the rule; below MIN_SEEDS seeds it is settled once no further seeds could make it shown."""
+    if p.gaps and p.n < MIN_SEEDS and not p.can_show(MIN_SEEDS):
+        return SETTLED
+    return p.verdict
+
+
 def cpu_scale_statement(rows: Iterable[Mapping]) -> str:
     """One computed paragraph: whether any CPU probe shows the poster beating its tiling, and the GPU command."""
     gaps = probe_gaps(rows)
-    decided = {n: p for n, p in gaps.items() if p.verdict in (SHOWN, NOT_SHOWN)}
-    shown = [n for n, p in decided.items() if p.verdict == SHOWN]
+    verdicts = {n: probe_verdict(p) for n, p in gaps.items()}
+    full = [n for n, v in verdicts.items() if v in (SHOWN, NOT_SHOWN)]
+    settled = [n for n, v in verdicts.items() if v == SETTLED]
+    shown = [n for n, v in verdicts.items() if v == SHOWN]
     if not gaps:
         return f"No CPU probe is recorded here. The paper's settings run on a GPU with `{GPU_COMMAND}`."
-    head = (f"Central claim at CPU scale (benchmarks/probes.md, {len(gaps)} probes, {len(decided)} of them with "
-            f"at least {MIN_SEEDS} paired seeds): ")
+    head = (f"Central claim at CPU scale (benchmarks/probes.md, {len(gaps)} probes, {len(full)} of them with "
+            f"at least {MIN_SEEDS} paired seeds"
+            + (f" and {len(settled)} settled with fewer, since no further seeds could make them shown" if settled else "") + "): ")
     if shown:
         return head + f"the poster beats its tiling by the rule in {', '.join(shown)}. GPU: `{GPU_COMMAND}`."
     return head + ("the poster beats its tiling in none of them, so the central claims do not show at CPU scale "

@@ -199,3 +199,29 @@ def test_cpu_scale_statement_is_computed_from_the_probes():
     assert "2 probes, 1 of them with at least 3 paired seeds" in text and "do not show at CPU scale" in text
     assert claims.GPU_COMMAND in text and claims.GPU_COMMAND in claims.cpu_scale_statement([])
     assert claims.probe_gaps(two)["t"].verdict == "too few seeds"
+
+
+def shown_by_search(xs, n):
+    """Brute force: does any choice of the missing gaps (equal or spread, on a grid) make n seeds shown?"""
+    m = n - len(xs)
+    grid = [v / 4 for v in range(-200, 201)]
+    tries = [[b] * m for b in grid] + [[b + d * i for i in range(m)] for b in grid[::8] for d in (-1.0, 0.5, 2.0)]
+    return any(claims.Paired(tuple((str(i), g) for i, g in enumerate(list(xs) + t))).verdict == "shown" for t in tries)
+
+
+@pytest.mark.parametrize("xs,n", [((1.0,), 3), ((-0.1,), 3), ((2.0, 2.5), 3), ((2.0, -0.3), 3),
+                                  ((1.2, 6.0), 3), ((0.2, 9.0), 3), ((-1.0,), 5), ((-1.0, -2.0), 5),
+                                  ((3.0, -1.0, 2.0), 5), ((-3.0, -4.0, -1.0, 0.5), 5), ((-2.0, -2.0), 4)])
+def test_can_show_agrees_with_a_search_over_the_missing_seeds(xs, n):
+    p = claims.Paired(tuple((str(i), g) for i, g in enumerate(xs)))
+    assert p.can_show(n) == shown_by_search(xs, n)
+
+
+def test_one_gap_at_or_below_zero_settles_three_seeds():
+    """With three seeds, one seed where the poster does not lead already rules out 'shown'."""
+    assert not claims.Paired((("0", -0.01),)).can_show(3)
+    assert not claims.Paired((("0", 4.0), ("1", -0.01))).can_show(3)
+    assert claims.Paired((("0", 0.5),)).can_show(3)
+    assert claims.Paired(()).can_show(3)
+    done = claims.Paired((("0", 2.0), ("1", 2.1), ("2", 1.9)))
+    assert done.can_show(3) and not claims.Paired((("0", 2.0), ("1", -2.1), ("2", 1.9))).can_show(3)
