@@ -36,6 +36,7 @@
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/scripts/user_paths.sh"  # relative data roots: from the folder typed in
+CALLER_DIR="$PWD"
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -49,6 +50,7 @@ PLAN_ONLY=0
 RUNNER_ARGS=()
 
 need() { [ "$2" -ge 2 ] || die "$1 needs a value"; }
+typed() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$CALLER_DIR" "$1" ;; esac; }  # a path as typed
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile)    need "$1" $#; PROFILE="$2"; shift 2 ;;
@@ -59,9 +61,11 @@ while [ $# -gt 0 ]; do
         --datasets=*) DATASETS="${1#*=}"; shift ;;
         --force)      FORCE=1; shift ;;
         --plan)       PLAN_ONLY=1; shift ;;
-        --executor|--jobs|--slurm-config|--partition|--gpus-per-run|--time-min|--array-parallelism|--sbatch|--seconds-per-step)
+        --slurm-config) need "$1" $#; RUNNER_ARGS+=("$1" "$(typed "$2")"); shift 2 ;;
+        --slurm-config=*) RUNNER_ARGS+=(--slurm-config "$(typed "${1#*=}")"); shift ;;
+        --executor|--jobs|--partition|--gpus-per-run|--time-min|--array-parallelism|--sbatch|--seconds-per-step)
                       need "$1" $#; RUNNER_ARGS+=("$1" "$2"); shift 2 ;;
-        --executor=*|--jobs=*|--slurm-config=*|--partition=*|--gpus-per-run=*|--time-min=*|--array-parallelism=*|--sbatch=*|--seconds-per-step=*)
+        --executor=*|--jobs=*|--partition=*|--gpus-per-run=*|--time-min=*|--array-parallelism=*|--sbatch=*|--seconds-per-step=*)
                       RUNNER_ARGS+=("$1"); shift ;;
         -h|--help)    usage; exit 0 ;;
         *)            die "unknown option: $1" ;;

@@ -136,7 +136,7 @@ def test_the_loader_takes_the_config_s_image_size_and_zca_regulariser(tmp_path):
     assert not torch.allclose(strong.x_train, weak.x_train)
 
 
-def test_run_all_reads_relative_data_roots_from_the_folder_it_was_run_from(tmp_path):
+def test_run_all_reads_relative_paths_from_the_folder_it_was_run_from(tmp_path):
     import os
     import subprocess
     import sys
@@ -151,9 +151,11 @@ def test_run_all_reads_relative_data_roots_from_the_folder_it_was_run_from(tmp_p
     (tmp_path / "data").mkdir()
     (tmp_path / "typed_here").mkdir()
     env = {**os.environ, "PODD_PYTHON": str(fake), "PODD_DATA_ROOT": "../data", "PODD_CIFAR10_ROOT": "../cifar"}
-    p = subprocess.run([str(repo / "run_all.sh"), "--profile", "smoke", "--plan"], cwd=tmp_path / "typed_here",
+    p = subprocess.run([str(repo / "run_all.sh"), "--profile", "smoke", "--plan", "--slurm-config", "lab.toml",
+                        "--slurm-config=/abs/lab.toml"], cwd=tmp_path / "typed_here",
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     runner = [line for line in log.read_text().splitlines() if "podd_lib.kit.runner" in line]
-    assert runner == [f"-m podd_lib.kit.runner --profile smoke --data-root {tmp_path / 'data'} --plan | "
+    assert runner == [f"-m podd_lib.kit.runner --profile smoke --data-root {tmp_path / 'data'} --plan "
+                      f"--slurm-config {tmp_path / 'typed_here'}/lab.toml --slurm-config /abs/lab.toml | "
                       f"data={tmp_path / 'data'} cifar={tmp_path / 'typed_here'}/../cifar"]
