@@ -51,6 +51,8 @@ PROBES: dict[str, tuple[dict, tuple[int, ...]]] = {
     "fig6-s100": ({**PAPER_INNER, **RELEASE_INIT, "steps": 100}, (0, 1)),
     "w128-s300": ({"width": 128, "steps": 300}, (0, 1, 2)),
     "w128-win10": ({"width": 128, "window": 10, "totwindow": 40}, (0, 1, 2)),
+    # The release's softmax of pixel counts is the text's majority one-hot on this poster (counts differ by
+    # tens of pixels; tests/unit/test_poddl.py), so the other fixed form worth a probe is the counts' proportions.
     "w128-proportional": ({"width": 128, "fixed_labels_form": "proportional"}, (0, 1, 2)),
     "w128-learned-s300": ({"width": 128, "labels": "learned", "steps": 300}, (0, 1, 2)),
 }
@@ -187,7 +189,10 @@ def render_table(rows: list[dict]) -> str:
              "Each probe's overrides apply on top of the `quick` profile. Timings depend on what else ran: while",
              "other work shared the cores, seconds per step and wall times were several times the idle machine's",
              "(compare the cost table); accuracies do not depend on it (the runs are bitwise deterministic at a",
-             "fixed thread count).", "", "## Cost of each knob", "",
+             "fixed thread count). Fixed labels are the text's majority one-hot; the release's softmax of class",
+             "pixel counts gives the same labels on this poster (tests/unit/test_poddl.py), so the other fixed form",
+             "probed is the counts' proportions (`fixed_labels_form = \"proportional\"`).", "",
+             "## Cost of each knob", "",
              "Median seconds per outer step (random curriculum, after one warm-up step) on real CIFAR-10, 1 IPC,",
              "16x6 patches. The machine was shared with other work while these ran; `note` says where that",
              "made a number unusable.", "",

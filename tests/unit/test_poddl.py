@@ -106,3 +106,10 @@ def test_poster_labels_take_the_fixed_form():
     prop = PosterLabels(ORDER, g, learned=False, fixed_form="proportional")()
     major = PosterLabels(ORDER, g, learned=False)()
     assert not torch.equal(prop, major) and torch.equal(prop.argmax(1), major.argmax(1))
+
+
+def test_on_the_1ipc_cifar10_poster_the_release_softmax_is_the_text_majority():
+    """Pixel counts differ by tens of pixels where classes meet, so their softmax is one-hot (or an even tie)."""
+    g = make_geometry(1.0, 10, (32, 32), (5, 2), (16, 6))
+    major, soft = fixed_labels(ORDER, g, "majority"), fixed_labels(ORDER, g, "softmax")
+    assert torch.allclose(soft, major, atol=1e-6) and not torch.equal(fixed_labels(ORDER, g, "proportional"), major)
