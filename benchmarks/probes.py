@@ -220,7 +220,7 @@ def render_table(rows: list[dict]) -> str:
         gap = gaps[name]
 
         def mean(d: dict) -> str:
-            return f"{statistics.mean(d.values()):.1f} ({len(d)} seeds)" if d else "-"
+            return f"{statistics.mean(d.values()):.1f} ({len(d)} seed{'' if len(d) == 1 else 's'})" if d else "-"
 
         verdicts[name] = probe_verdict(gap)
         sps = statistics.median(r["seconds_per_step"] for r in rs if r["seconds_per_step"])
