@@ -91,10 +91,10 @@ def tiling() -> dict:
 
 def settled(name: str) -> str | None:
     """Why the probe needs no more seeds (no further seeds could make the poster beat the tiling), or None."""
-    from podd_lib.kit.claims import MIN_SEEDS, probe_gaps
+    from podd_lib.kit.claims import MIN_SEEDS, SETTLED, probe_gaps, probe_verdict
 
     gap = probe_gaps(read_rows()).get(name)
-    if gap is None or gap.n >= MIN_SEEDS or gap.can_show(MIN_SEEDS):
+    if gap is None or probe_verdict(gap) != SETTLED:
         return None
     return f"gaps {gap.text()} cannot become a mean above 2 s.e. over {MIN_SEEDS} seeds, whatever the other seeds give"
 

@@ -95,7 +95,8 @@ class Paired:
             return True  # q grows without bound as b grows (and the mean with it)
         if a == 0:
             return lin > 0
-        b_zero_mean, b_top = -sum(xs) / m, -lin / (2 * a)  # past b_zero_mean q only falls unless its top is there
+        # q opens downward: shown needs its top at a b where the mean is already positive, and q > 0 there
+        b_zero_mean, b_top = -sum(xs) / m, -lin / (2 * a)
         return b_top > b_zero_mean and q(b_top) > 0
 
     def text(self) -> str:
