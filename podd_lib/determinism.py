@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -63,16 +64,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def kit_commit() -> str:
-    """The git commit of the kit's checkout ('+dirty' when tracked files changed), or 'unknown' outside git."""
-    import subprocess
-    from pathlib import Path
+# Tracked files that are the kit's own results, not its code: a run that appends to them leaves the code as committed.
+RESULT_PATHS = ("outputs", "benchmarks/probes.jsonl", "benchmarks/probes.md")
 
-    root = Path(__file__).resolve().parent.parent
+
+def kit_commit(root: Path | None = None) -> str:
+    """The git commit of the kit's checkout ('+dirty' when tracked code changed), or 'unknown' outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
+    code = ["--", ".", *(f":(exclude){p}" for p in RESULT_PATHS)]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", *code],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -58,3 +58,31 @@ def test_accuracy_keeps_each_seeds_mean_and_algorithms_pool_seeds():
     assert len(df) == 2
     poster = df[df["synthetic set"] == "poster"].iloc[0]
     assert poster["seed_means"] == {"0": 21.0, "1": 30.0} and poster["command"] == "run 0 ; run 1"
+
+
+def test_kit_commit_is_dirty_for_changed_code_but_not_for_the_kits_own_results(tmp_path):
+    import subprocess
+
+    from podd_lib.determinism import RESULT_PATHS, kit_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "benchmarks").mkdir()
+    files = {"code.py": "x = 1\n", "outputs/r.json": "{}\n", "benchmarks/probes.jsonl": ""}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    assert "outputs" in RESULT_PATHS and "benchmarks/probes.jsonl" in RESULT_PATHS
+    head = kit_commit(tmp_path)
+    assert len(head) == 40
+    (tmp_path / "outputs/r.json").write_text('{"acc": 1}\n')
+    (tmp_path / "benchmarks/probes.jsonl").write_text('{"seed": 1}\n')
+    (tmp_path / "untracked.py").write_text("")
+    assert kit_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert kit_commit(tmp_path) == head + "+dirty"
+    assert kit_commit(tmp_path / "not-a-repo") == "unknown"
