@@ -85,3 +85,12 @@ def test_run_probe_runs_every_seed_while_the_poster_leads(fake_probe):
     accs.update(poster={0: 30.0, 1: 30.5, 2: 31.0}, tiling={0: 29.0, 1: 29.0, 2: 29.0})
     probes.run_probe("fake", "cpu")
     assert len(calls) == 6 and verdict(probes.render_table(probes.read_rows()), "fake") == "shown"
+
+
+def test_the_probe_files_are_result_files_for_the_kit_commit():
+    """A probe's rows do not mark the next run's kit commit '+dirty' (podd_lib.determinism.RESULT_PATHS)."""
+    from podd_lib.determinism import RESULT_PATHS
+
+    root = Path(__file__).resolve().parents[2]
+    for path in (probes.ROWS, probes.TABLE):
+        assert path.relative_to(root).as_posix() in RESULT_PATHS
